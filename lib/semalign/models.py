@@ -1,0 +1,161 @@
+"""The one model loader: local Hugging Face directory, local GGUF file, or the embedded default pair.
+
+Every later stage loads the safetensors directory that the `materialize` stage wrote, so only this
+module knows about GGUF and the shipped parts. Models are float32 on CPUs (no bf16 arithmetic there);
+`trust_remote_code` stays off.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from semalign.embedded import assemble_gguf, embedded_model, verify_sha256
+from semalign.errors import SemalignError
+
+SOURCES = ("embedded", "hf_dir", "gguf")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from (one `models.<role>` entry of params.yaml).
+
+    source: "embedded" (name = a key of semalign.embedded.EMBEDDED_MODELS), "hf_dir" (path = a local
+    Hugging Face directory with safetensors) or "gguf" (path = a local .gguf file, sha256 optional).
+    allow_pickle: accept pickle `.bin` weights in an hf_dir (they can run code when loaded).
+    """
+
+    source: str
+    name: str | None = None
+    path: str | None = None
+    sha256: str | None = None
+    allow_pickle: bool = False
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise SemalignError(f"model source {self.source!r} is unknown; use one of {SOURCES}")
+        if self.source == "embedded" and not self.name:
+            raise SemalignError("an embedded model needs `name` (e.g. qwen2.5-coder-1.5b-instruct)")
+        if self.source != "embedded" and not self.path:
+            raise SemalignError(f"a {self.source} model needs `path` to a local {self.source.replace('_', ' ')}")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What later stages need to know about a decoder-only LM."""
+
+    arch: str
+    num_layers: int
+    d_model: int
+    vocab_size: int
+    num_params: int
+    tied_head: bool
+
+
+def load_source(source: ModelSource, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load model and tokenizer from any source; GGUF weights are dequantised to `dtype`."""
+    if source.source == "hf_dir":
+        return load_hf_dir(Path(source.path), allow_pickle=source.allow_pickle, dtype=dtype)
+    if source.source == "gguf":
+        path = Path(source.path)
+        if not path.is_file():
+            raise SemalignError(f"GGUF file {path} does not exist; fix models.<role>.path in params.yaml")
+        if source.sha256:
+            verify_sha256(path, source.sha256)
+        return load_gguf(path, dtype=dtype)
+    spec = embedded_model(source.name)
+    with tempfile.TemporaryDirectory(prefix="semalign-gguf-") as tmp:
+        gguf_path = assemble_gguf(spec, Path(tmp) / f"{spec.name}.gguf")
+        return load_gguf(gguf_path, dtype=dtype)
+
+
+def load_hf_dir(
+    path: Path, allow_pickle: bool = False, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a local Hugging Face directory; refuse pickle weights unless `allow_pickle`."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise SemalignError(
+            f"{path} is not a model directory (no config.json); run `dvc repro materialize` "
+            "or point models.<role>.path in params.yaml at a local Hugging Face directory"
+        )
+    has_safetensors = any(path.glob("*.safetensors"))
+    if not has_safetensors and any(path.glob("*.bin")) and not allow_pickle:
+        raise SemalignError(
+            f"{path} holds only pickle .bin weights, which can run code when loaded; convert them to safetensors "
+            "or set models.<role>.allow_pickle: true if you trust the files"
+        )
+    if not has_safetensors and not any(path.glob("*.bin")):
+        raise SemalignError(f"{path} has a config.json but no weights (*.safetensors); copy the weights there")
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, use_safetensors=has_safetensors, trust_remote_code=False, local_files_only=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    return model.to(device).eval(), tokenizer
+
+
+def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a local GGUF file through transformers + gguf, dequantised explicitly to dense `dtype` weights."""
+    path = Path(path)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, quantization_config=GgufConfig(dequantize=True), dtype=dtype,
+        local_files_only=True, trust_remote_code=False,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def save_hf_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
+    """Save as a safetensors directory. transformers refuses to save a GGUF-loaded model, so the weights
+    are moved (not copied) into a model built from the same config without its quantization config."""
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain.load_state_dict(model.state_dict(), assign=True, strict=True)
+    if plain.config.tie_word_embeddings:
+        plain.tie_weights()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The decoder blocks, in depth order (layer ℓ = 1..L is index ℓ-1)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise SemalignError(
+            f"{type(model).__name__} has no `model.layers`; semalign supports Llama/Qwen2-style decoders"
+        )
+    return layers
+
+
+def final_norm(model: PreTrainedModel) -> nn.Module:
+    """The final norm applied before the LM head (its gain is folded into the `head_normed` bases)."""
+    norm = getattr(getattr(model, "model", None), "norm", None)
+    if norm is None or getattr(norm, "weight", None) is None:
+        raise SemalignError(f"{type(model).__name__} has no `model.norm` with a gain; use a Llama/Qwen2-style model")
+    return norm
+
+
+def model_info(model: PreTrainedModel) -> ModelInfo:
+    """Depth, width, vocabulary and parameter count of `model`."""
+    head = model.get_output_embeddings().weight
+    embed = model.get_input_embeddings().weight
+    return ModelInfo(
+        arch=type(model).__name__,
+        num_layers=len(decoder_layers(model)),
+        d_model=int(embed.shape[1]),
+        vocab_size=int(head.shape[0]),
+        num_params=sum(p.numel() for p in model.parameters()),
+        tied_head=head.data_ptr() == embed.data_ptr(),
+    )
