@@ -100,6 +100,14 @@ def load_hf_dir(
     return model.to(device).eval(), tokenizer
 
 
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """Load only the tokenizer of a local model directory (stages that tokenise need no weights)."""
+    path = Path(path)
+    if not (path / "tokenizer_config.json").is_file():
+        raise SemalignError(f"{path} has no tokenizer_config.json; run `dvc repro materialize` or fix the model path")
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+
+
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a local GGUF file through transformers + gguf, dequantised explicitly to dense `dtype` weights."""
     path = Path(path)

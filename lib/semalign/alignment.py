@@ -1,0 +1,72 @@
+"""Latent semantic alignment (paper §4.2): decompose on teacher bases, recompose on student bases.
+
+With unit-norm bases stored as rows (`s_i` = row i of a `[vocab, d]` array), eq. 1–2 read
+    a = S_Tᵀ h / ‖h‖        (cosine coefficients, `[vocab]`)
+    h̃ = S_S a               (`[d_student]`)
+which is the linear map h̃ = M h / ‖h‖ with M = S_S S_Tᵀ = Σ_i s_i^S (s_i^T)ᵀ, `[d_student, d_teacher]`.
+M is computed once per model pair by streaming the two bases in row chunks (float64 accumulation),
+so the `[tokens, vocab]` coefficient matrix is never formed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from semalign.errors import SemalignError
+from semalign.progress import progress
+
+RowReader = Callable[[int, int], torch.Tensor]  # (start, stop) -> rows [stop - start, d]
+
+
+def folded_map(
+    read_student: RowReader, read_teacher: RowReader, vocab_size: int, chunk_rows: int = 16384
+) -> torch.Tensor:
+    """M = Σ_i s_i^S (s_i^T)ᵀ, `[d_student, d_teacher]` float64, from row readers over index-aligned bases.
+
+    Each reader returns rows `[stop - start, d]` of a unit-norm bases array; rows i of both readers must
+    denote the same vocabulary entry (see semalign.bases.align_vocabularies).
+    """
+    total = None
+    starts = range(0, vocab_size, chunk_rows)
+    for start in progress(starts, desc="align: folded map", total=len(starts), unit="chunk"):
+        stop = min(start + chunk_rows, vocab_size)
+        student, teacher = read_student(start, stop).double(), read_teacher(start, stop).double()
+        if student.shape[0] != teacher.shape[0]:
+            raise SemalignError(
+                f"bases rows {start}:{stop} differ in count (student {student.shape[0]}, teacher {teacher.shape[0]}); "
+                "the two bases stores are not vocabulary-aligned: rerun `dvc repro bases`"
+            )
+        part = student.T @ teacher
+        total = part if total is None else total + part
+    return total
+
+
+def decompose_recompose(h: torch.Tensor, folded: torch.Tensor) -> torch.Tensor:
+    """h̃ = M h / ‖h‖ for every row: h `[tokens, d_teacher]` -> `[tokens, d_student]` (eq. 1–2, folded).
+
+    Zero rows (e.g. padding) map to zero instead of dividing by zero.
+    """
+    norms = h.norm(dim=-1, keepdim=True)
+    unit = h / torch.where(norms > 0, norms, torch.ones_like(norms))
+    return unit.to(folded.dtype) @ folded.T
+
+
+def decompose_recompose_naive(h: torch.Tensor, teacher_bases: torch.Tensor, student_bases: torch.Tensor) -> torch.Tensor:
+    """The same map computed literally: coefficients a `[tokens, vocab]`, then a S_S. For tests and benches."""
+    coefficients = (h / h.norm(dim=-1, keepdim=True)) @ teacher_bases.T
+    return coefficients @ student_bases
+
+
+def interpolate(h_a: torch.Tensor, h_b: torch.Tensor, lam: float) -> torch.Tensor:
+    """(1 − λ) h_a + λ h_b (paper §4.1): the teacher quantity at a non-integer depth."""
+    if not 0.0 <= lam <= 1.0:
+        raise SemalignError(f"interpolation weight λ={lam} is outside [0, 1]; check pairs.json")
+    return h_a if lam == 0.0 else h_b if lam == 1.0 else (1.0 - lam) * h_a + lam * h_b
+
+
+def row_cosine(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Cosine between matching rows of x and y `[tokens, d]` -> `[tokens]` (computed in float64)."""
+    x, y = x.double(), y.double()
+    return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp(min=eps)

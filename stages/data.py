@@ -1,0 +1,42 @@
+"""Stage `data@<task>`: load the task's local file, split it deterministically, tokenise every split.
+
+Tokenises with the teacher's tokenizer so that no teacher-side stage depends on the student; the
+student-side stages check that the student's vocabulary is the same.
+"""
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from semalign.config import build, write_json
+from semalign.data import DataConfig, encode, save_split, split_items
+from semalign.models import load_tokenizer
+from semalign.tasks import load_task
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--task", required=True)
+    args = parser.parse_args()
+    params = yaml.safe_load(Path("params.yaml").read_text())["data"]
+    config = build(DataConfig, {**params, "tasks": {args.task: params["tasks"][args.task]}}, "data")
+    sizes = config.tasks[args.task]
+
+    loaded = load_task(args.task, sizes.path)
+    splits = split_items(loaded.items, sizes, config.seed)
+    tokenizer = load_tokenizer(Path("data/models/teacher"))
+    out = Path("data/tasks") / args.task
+    summaries = {
+        name: save_split(out, name, encode(items, tokenizer, config.max_length, config.chat_template), items)
+        for name, items in splits.items()
+    }
+    write_json(
+        Path("metrics/data") / f"{args.task}.json",
+        {"source": str(loaded.source), "items": len(loaded.items), "skipped": loaded.skipped, "splits": summaries},
+    )
+    print(f"data {args.task}: " + ", ".join(f"{name} {s['examples']}" for name, s in summaries.items()))
+
+
+if __name__ == "__main__":
+    main()

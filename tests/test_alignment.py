@@ -1,0 +1,50 @@
+"""The folded alignment map equals eq. 1–2 computed literally; helpers behave at the edges."""
+
+import pytest
+import torch
+
+from semalign.alignment import decompose_recompose, decompose_recompose_naive, folded_map, interpolate, row_cosine
+from semalign.errors import SemalignError
+
+
+def unit_rows(x):
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def test_folded_equals_naive_in_float64():
+    g = torch.Generator().manual_seed(0)
+    vocab, d_t, d_s = 1000, 24, 16
+    s_t = unit_rows(torch.randn(vocab, d_t, generator=g, dtype=torch.float64))
+    s_s = unit_rows(torch.randn(vocab, d_s, generator=g, dtype=torch.float64))
+    h = torch.randn(37, d_t, generator=g, dtype=torch.float64) * 5
+    folded = folded_map(lambda a, b: s_s[a:b], lambda a, b: s_t[a:b], vocab, chunk_rows=300)
+    assert folded.shape == (d_s, d_t) and folded.dtype == torch.float64
+    naive = decompose_recompose_naive(h, s_t, s_s)
+    fast = decompose_recompose(h, folded)
+    assert ((fast - naive).norm() / naive.norm()).item() < 1e-5
+    torch.testing.assert_close(folded, s_s.T @ s_t)
+
+
+def test_alignment_is_scale_invariant_and_maps_zero_rows_to_zero():
+    folded = torch.randn(4, 6, dtype=torch.float64)
+    h = torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(decompose_recompose(h * 7.5, folded), decompose_recompose(h, folded))
+    padded = torch.cat([h, torch.zeros(2, 6, dtype=torch.float64)])
+    out = decompose_recompose(padded, folded)
+    assert torch.isfinite(out).all() and out[3:].abs().max() == 0
+
+
+def test_folded_map_rejects_misaligned_bases():
+    with pytest.raises(SemalignError, match="not vocabulary-aligned"):
+        folded_map(lambda a, b: torch.ones(b - a, 2), lambda a, b: torch.ones(max(b - a - 1, 0), 3), 10, chunk_rows=5)
+
+
+def test_interpolate_and_cosine():
+    a, b = torch.zeros(2, 3), torch.ones(2, 3)
+    torch.testing.assert_close(interpolate(a, b, 0.25), torch.full((2, 3), 0.25))
+    assert interpolate(a, b, 1.0) is b
+    with pytest.raises(SemalignError, match="outside"):
+        interpolate(a, b, 1.5)
+    x = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    y = torch.tensor([[2.0, 0.0], [-1.0, -1.0]])
+    torch.testing.assert_close(row_cosine(x, y), torch.tensor([1.0, -1.0], dtype=torch.float64))
