@@ -113,9 +113,15 @@ def layer_scores(
     )
     device = model.device
     totals = torch.zeros(num_layers, dtype=torch.float64)
+    # Batches of similar length, each cut to its longest real example (right padding keeps positions),
+    # so no forward or backward work is spent on padding; the per-example mean is order-independent.
+    lengths = attention_mask.sum(dim=1)
+    order = torch.argsort(lengths, stable=True)
     starts = range(0, len(input_ids), batch_size)
     for start in progress(starts, desc="attribute: batches", total=len(starts), unit="batch"):
-        ids, mask, lab = (t[start:start + batch_size].to(device) for t in (input_ids, attention_mask, labels))
+        rows = order[start:start + batch_size]
+        used = int(lengths[rows].max())
+        ids, mask, lab = (t[rows, :used].to(device) for t in (input_ids, attention_mask, labels))
         with ResidualRecorder(model, range(num_layers + 1)) as recorder:
             grads = gradients.attribute(ids, additional_forward_args=(mask, lab), attribute_to_layer_input=False)
         real = mask.bool()
