@@ -1,0 +1,1 @@
+"""Scoring generated answers: sandboxed code execution, answer extraction, intervals and paired tests."""
