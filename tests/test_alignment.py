@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from semalign.alignment import decompose_recompose, decompose_recompose_naive, folded_map, interpolate, row_cosine
+from semalign.alignment import (
+    decompose_recompose,
+    decompose_recompose_naive,
+    folded_map,
+    interpolate,
+    random_self_map,
+    reconstruction_cosine,
+    row_cosine,
+)
 from semalign.errors import SemalignError
 
 
@@ -48,3 +56,23 @@ def test_interpolate_and_cosine():
     x = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     y = torch.tensor([[2.0, 0.0], [-1.0, -1.0]])
     torch.testing.assert_close(row_cosine(x, y), torch.tensor([1.0, -1.0], dtype=torch.float64))
+
+
+def test_reconstruction_cosine_of_a_complete_orthonormal_basis_is_one():
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    bases = q.T  # rows are an orthonormal basis: S Sᵀ = I
+    self_map = folded_map(lambda a, b: bases[a:b], lambda a, b: bases[a:b], 6, chunk_rows=4)
+    h = torch.randn(10, 6, dtype=torch.float64)
+    torch.testing.assert_close(reconstruction_cosine(h, self_map), torch.ones(10, dtype=torch.float64))
+    # a basis missing a direction cannot reconstruct vectors along it
+    partial = bases[:5]
+    partial_map = folded_map(lambda a, b: partial[a:b], lambda a, b: partial[a:b], 5)
+    assert decompose_recompose(bases[5:6], partial_map).norm().item() < 1e-12
+
+
+def test_random_control_approaches_a_multiple_of_identity():
+    dim, count = 8, 20000
+    control = random_self_map(count, dim, seed=1, chunk_rows=3000)
+    torch.testing.assert_close(control / (count / dim), torch.eye(dim, dtype=torch.float64), atol=0.05, rtol=0)
+    h = torch.randn(50, dim, dtype=torch.float64)
+    assert reconstruction_cosine(h, control).min() > 0.99

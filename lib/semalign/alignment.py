@@ -70,3 +70,24 @@ def row_cosine(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Te
     """Cosine between matching rows of x and y `[tokens, d]` -> `[tokens]` (computed in float64)."""
     x, y = x.double(), y.double()
     return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp(min=eps)
+
+
+def reconstruction_cosine(h: torch.Tensor, self_map: torch.Tensor) -> torch.Tensor:
+    """Fig. 2's fidelity: cos(h, S Sᵀ h / ‖h‖) per row of h `[tokens, d]`, with `self_map` = S Sᵀ `[d, d]`
+    (`folded_map` with the same model's bases on both sides)."""
+    return row_cosine(h, decompose_recompose(h, self_map))
+
+
+def random_self_map(count: int, dim: int, seed: int = 0, chunk_rows: int = 16384) -> torch.Tensor:
+    """R Rᵀ `[dim, dim]` float64 for `count` random unit vectors in R^dim: the control for Fig. 2.
+
+    With count ≫ dim, R Rᵀ ≈ (count / dim)·I, so any vector is reconstructed almost perfectly: a high
+    fidelity from semantic bases means little unless it beats this control.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    total = torch.zeros(dim, dim, dtype=torch.float64)
+    for start in range(0, count, chunk_rows):
+        rows = torch.randn(min(chunk_rows, count - start), dim, generator=generator, dtype=torch.float64)
+        rows /= rows.norm(dim=-1, keepdim=True)
+        total += rows.T @ rows
+    return total

@@ -1,0 +1,309 @@
+"""The one Zarr v3 reader/writer: chunked along rows, resumable, completed by a manifest.
+
+A store is a directory with a zarr v3 group of named N-D arrays, chunked along axis 0 (rows: tokens
+or vocabulary entries) into few, large chunks, one file each. After a whole chunk is written and
+fsynced, a line is appended to `progress.jsonl`; a writer reopened with the same spec and fingerprint
+skips journaled chunks, any other difference recreates the store. `manifest.json` is written last,
+atomically, once every chunk is journaled; readers refuse a store without it. bfloat16 is stored
+losslessly as its uint16 bits, the logical dtype recorded as an array attribute.
+
+Codecs: "zstd" (zarr's ZstdCodec, level 3) or "none". On the 2-core CPU machine zstd beat Blosc-zstd +
+shuffle (0.39 vs 0.19 GB/s float32, 0.23 vs 0.11 GB/s bf16) but shrinks random-like float32 by only ~8 %
+and bf16 activations by ~29 %; raw bytes reach disk at ~0.58 GB/s, so pick "none" for disk-bound dumps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import shutil
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import ZstdCodec
+
+from semalign.errors import SemalignError
+
+log = logging.getLogger(__name__)
+
+# logical dtype -> (torch dtype, numpy dtype on disk)
+DTYPES = {"float32": (torch.float32, np.float32), "float16": (torch.float16, np.float16),
+          "bfloat16": (torch.bfloat16, np.uint16), "int32": (torch.int32, np.int32),
+          "int64": (torch.int64, np.int64), "uint8": (torch.uint8, np.uint8), "bool": (torch.bool, np.bool_)}
+CODECS = ("zstd", "none")
+MAX_CHUNK_FILES = 1000
+JOURNAL, MANIFEST = "progress.jsonl", "manifest.json"
+
+
+def logical_dtype(dtype: torch.dtype) -> str:
+    """The store's name for a torch dtype (a key of DTYPES)."""
+    for name, (torch_dtype, _) in DTYPES.items():
+        if torch_dtype == dtype:
+            return name
+    raise SemalignError(f"dtype {dtype} cannot be stored; convert to one of {sorted(DTYPES)}")
+
+
+def to_storage(t: torch.Tensor) -> np.ndarray:
+    """The numpy array written to disk for `t` (bfloat16 becomes its uint16 bits; may share memory)."""
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def from_storage(a: np.ndarray, dtype: str) -> torch.Tensor:
+    """The tensor of logical dtype `dtype` whose storage form is `a` (inverse of to_storage)."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of a store: `shape` (rows first), logical `dtype` (a key of DTYPES), rows per chunk."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    chunk_rows: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        if self.dtype not in DTYPES:
+            raise SemalignError(f"array dtype {self.dtype!r} is not storable; use one of {sorted(DTYPES)}")
+        if not self.shape or min(self.shape) < 1 or self.chunk_rows < 1:
+            raise SemalignError(f"array shape {self.shape} / chunk_rows {self.chunk_rows} must be positive")
+
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(self.shape[0] / self.chunk_rows)
+
+    def rows(self, chunk_index: int) -> tuple[int, int]:
+        """[start, stop) rows of chunk `chunk_index`; the last chunk may be short."""
+        if not 0 <= chunk_index < self.num_chunks:
+            raise SemalignError(f"chunk index {chunk_index} out of range 0..{self.num_chunks - 1}")
+        start = chunk_index * self.chunk_rows
+        return start, min(start + self.chunk_rows, self.shape[0])
+
+
+def _spec_json(arrays: dict[str, ArraySpec], fingerprint: str, codec: str) -> dict:
+    """The spec as stored in JSON (lists, not tuples), so it compares equal after a round trip."""
+    as_json = {name: asdict(spec) | {"shape": list(spec.shape)} for name, spec in sorted(arrays.items())}
+    return {"fingerprint": fingerprint, "codec": codec, "arrays": as_json}
+
+
+def _lookup(arrays: dict[str, ArraySpec], name: str, path: Path) -> ArraySpec:
+    if name not in arrays:
+        raise SemalignError(f"store {path} has no array {name!r}; arrays are {sorted(arrays)}")
+    return arrays[name]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace `path` by `text` so that a crash leaves either the old or the new file, durably."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+class StoreWriter:
+    """Creates or resumes the store at `path` holding `arrays`; `fingerprint` names what the data came
+    from (model + data hashes), so a store built from other inputs is never resumed."""
+
+    def __init__(self, path: str | Path, arrays: dict[str, ArraySpec], fingerprint: str, codec: str = "zstd"):
+        if codec not in CODECS:
+            raise SemalignError(f"store codec {codec!r} is unknown; use one of {CODECS}")
+        files = sum(a.num_chunks for a in arrays.values())
+        if files > MAX_CHUNK_FILES:
+            raise SemalignError(f"store {path} would hold {files} chunk files (> {MAX_CHUNK_FILES}); raise chunk_rows")
+        self.path, self.arrays = Path(path), dict(arrays)
+        self._spec = _spec_json(arrays, fingerprint, codec)
+        self._open_or_create(codec)
+        # The manifest is rewritten by finalize(); until then the store reads as incomplete.
+        (self.path / MANIFEST).unlink(missing_ok=True)
+        self._done = self._read_journal()
+        self._journal = open(self.path / JOURNAL, "a", encoding="utf-8")
+
+    def _open_or_create(self, codec: str) -> None:
+        try:
+            self._group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+            if self._group.attrs.get("semalign") == self._spec:
+                return
+            log.warning("store %s was built from another spec or fingerprint: removing and recreating it", self.path)
+        except FileNotFoundError:
+            pass
+        except Exception as err:  # unreadable metadata: the store cannot be resumed, only rebuilt
+            log.warning("store %s has unreadable zarr metadata (%s): removing and recreating it", self.path, err)
+        if self.path.exists():
+            if any(self.path.iterdir()) and not (self.path / "zarr.json").exists():
+                raise SemalignError(f"{self.path} exists and is not a store; remove it or choose another path")
+            # Rename first: a crash during the removal then leaves no half-deleted store at `path`.
+            stale = self.path.with_name(self.path.name + ".stale")
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(self.path, stale)
+            shutil.rmtree(stale)
+        self._group = zarr.open_group(self.path, mode="w-", zarr_format=3, attributes={"semalign": self._spec})
+        for name, spec in self.arrays.items():
+            self._group.create_array(
+                name, shape=spec.shape, chunks=(spec.chunk_rows, *spec.shape[1:]), dtype=DTYPES[spec.dtype][1],
+                compressors=ZstdCodec(level=3) if codec == "zstd" else None,
+                chunk_key_encoding={"name": "default", "separator": "."},  # flat c.<i>.0 files, no dir per chunk
+                attributes={"logical_dtype": spec.dtype},
+            )
+
+    def _read_journal(self) -> set[tuple[str, int]]:
+        path, done = self.path / JOURNAL, set()
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # a line torn by a crash: its chunk is simply rewritten
+                    continue
+                done.add((entry["array"], entry["chunk"]))
+        # Rewrite cleanly so appends never land on a torn line.
+        _write_atomic(path, "".join(json.dumps({"array": a, "chunk": i}) + "\n" for a, i in sorted(done)))
+        return done
+
+    def pending_chunks(self, name: str) -> list[int]:
+        """Chunk indices of array `name` that are not yet journaled (all of them for a new store)."""
+        return [i for i in range(_lookup(self.arrays, name, self.path).num_chunks) if (name, i) not in self._done]
+
+    def write_chunk(self, name: str, chunk_index: int, data: torch.Tensor | np.ndarray) -> None:
+        """Write whole chunk `chunk_index` of `name` (`data: [chunk rows, *shape[1:]]`), fsync, journal it."""
+        spec = _lookup(self.arrays, name, self.path)
+        start, stop = spec.rows(chunk_index)
+        array = to_storage(data) if isinstance(data, torch.Tensor) else np.asarray(data)
+        want = (stop - start, *spec.shape[1:])
+        if array.shape != want or array.dtype != DTYPES[spec.dtype][1]:
+            raise SemalignError(f"chunk {chunk_index} of {name!r} is {tuple(array.shape)} {array.dtype}; "
+                                f"expected {want} {spec.dtype}")
+        # An all-fill-value chunk must still become a file: it is what gets fsynced before journaling.
+        zarr_array = self._group[name].with_config({"write_empty_chunks": True})
+        zarr_array[start:stop] = array
+        key = zarr_array.metadata.encode_chunk_key((chunk_index,) + (0,) * (len(spec.shape) - 1))
+        _fsync(self.path / name / key)
+        _fsync(self.path / name)  # the chunk file's directory entry must be durable too
+        self._journal.write(json.dumps({"array": name, "chunk": chunk_index}) + "\n")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+        self._done.add((name, chunk_index))
+
+    def finalize(self, manifest: dict) -> dict:
+        """Write manifest.json (arrays, fingerprint, codec + the caller's `manifest`) once all chunks are
+        journaled; returns the manifest written."""
+        missing = {name: self.pending_chunks(name) for name in self.arrays if self.pending_chunks(name)}
+        if missing:
+            raise SemalignError(f"store {self.path} is missing chunks {missing}; write them before finalize()")
+        clash = sorted(set(manifest) & set(self._spec))
+        if clash:
+            raise SemalignError(f"manifest keys {clash} are reserved by the store; rename them")
+        full = self._spec | manifest
+        _write_atomic(self.path / MANIFEST, json.dumps(full, indent=2))
+        return full
+
+    def close(self) -> None:
+        self._journal.close()
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class BackgroundWriter:
+    """Runs `writer.write_chunk` on one worker thread behind a queue of at most `maxsize` chunks, so
+    compression and disk I/O overlap the producer. A worker error is raised at the next submit/close."""
+
+    def __init__(self, writer: StoreWriter, maxsize: int = 3):
+        self.writer = writer
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:  # after a failure keep draining, so the producer never blocks forever
+                try:
+                    self.writer.write_chunk(*item)
+                except BaseException as err:
+                    self._error = err
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, name: str, chunk_index: int, data: torch.Tensor) -> None:
+        """Queue chunk `chunk_index` of `name`; `data` is copied to host memory first, so the caller may reuse it."""
+        self._raise_error()
+        if not self._thread.is_alive():
+            raise SemalignError(f"chunk {chunk_index} of {name!r} submitted after the background writer was closed")
+        self._queue.put((name, chunk_index, to_storage(data.detach().to("cpu", copy=True))))
+
+    def close(self) -> None:
+        """Drain the queue, join the worker, raise its error if it had one."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise_error()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Store:
+    """A finished store, read-only: `manifest` (dict), `arrays` (name -> ArraySpec)."""
+
+    def __init__(self, path: Path, manifest: dict, group: zarr.Group):
+        self.path, self.manifest, self._group = path, manifest, group
+        self.arrays = {name: ArraySpec(tuple(a["shape"]), a["dtype"], a["chunk_rows"])
+                       for name, a in manifest["arrays"].items()}
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of array `name`: `[stop - start, *shape[1:]]`, reading only the chunks they touch."""
+        spec = _lookup(self.arrays, name, self.path)
+        if not 0 <= start <= stop <= spec.shape[0]:
+            raise SemalignError(f"rows [{start}, {stop}) are outside array {name!r} of {spec.shape[0]} rows")
+        return from_storage(self._group[name][start:stop], spec.dtype)
+
+    def read(self, name: str) -> torch.Tensor:
+        """The whole array `name`: `shape`."""
+        return self.read_rows(name, 0, _lookup(self.arrays, name, self.path).shape[0])
+
+
+def open_store(path: str | Path) -> Store:
+    """Open a finished store for reading; a missing, unfinished or corrupt store raises SemalignError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SemalignError(f"store {path} does not exist; run the `dvc repro` stage that writes it")
+    if not (path / MANIFEST).exists():
+        raise SemalignError(f"store {path} is incomplete (no {MANIFEST}): it was interrupted; rerun "
+                            "`dvc repro <stage>` for the stage that writes it (it resumes)")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        group = zarr.open_group(path, mode="r", zarr_format=3)
+        for name, spec in manifest["arrays"].items():
+            if tuple(group[name].shape) != tuple(spec["shape"]):
+                raise ValueError(f"array {name!r} has shape {group[name].shape}, manifest says {spec['shape']}")
+    except Exception as err:
+        raise SemalignError(f"store {path} is corrupt ({err}); delete it and rerun `dvc repro <stage>`") from err
+    return Store(path, manifest, group)
