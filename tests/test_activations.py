@@ -45,3 +45,16 @@ def test_teacher_forward_shapes():
     out = teacher_forward(model, torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long), [0, 2, 3], top_k=4)
     assert sorted(out.hidden) == [0, 2, 3] and out.hidden[2].shape == (1, 3, 48)
     assert out.topk_logprobs.shape == out.topk_ids.shape == (1, 3, 4) and out.rest_logmass.shape == (1, 3)
+
+
+def test_residual_states_keep_real_tokens_in_example_order():
+    from semalign.activations import residual_states
+
+    model = tiny_model("qwen2", num_layers=2)
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0], [10, 11, 12, 13]])
+    mask = (ids != 0).long()
+    states = residual_states(model, ids, mask, [0, 2], batch_size=2)
+    assert states[2].shape == (9, 48)
+    with ResidualRecorder(model, [2]) as rec, torch.no_grad():
+        model(ids[1:2, :2])
+    torch.testing.assert_close(states[2][3:5], rec.states[2][0])

@@ -76,3 +76,10 @@ def test_random_control_approaches_a_multiple_of_identity():
     torch.testing.assert_close(control / (count / dim), torch.eye(dim, dtype=torch.float64), atol=0.05, rtol=0)
     h = torch.randn(50, dim, dtype=torch.float64)
     assert reconstruction_cosine(h, control).min() > 0.99
+
+
+def test_isotropy_is_one_for_identity_and_zero_for_a_missing_direction():
+    from semalign.alignment import isotropy
+
+    assert isotropy(torch.eye(4, dtype=torch.float64) * 3) == pytest.approx(1.0)
+    assert isotropy(torch.diag(torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64))) == 0.0

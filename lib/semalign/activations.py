@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 
 from semalign.errors import SemalignError
 from semalign.models import decoder_layers
+from semalign.progress import progress
 
 
 class ResidualRecorder:
@@ -95,3 +96,27 @@ def teacher_forward(
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     top_logprobs, top_ids, rest = topk_with_rest(logits, top_k)
     return TeacherBatch(recorder.states, top_logprobs, top_ids, rest)
+
+
+@torch.no_grad()
+def residual_states(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Iterable[int],
+    batch_size: int = 4, desc: str = "states",
+) -> dict[int, torch.Tensor]:
+    """Residual states h_ℓ on real tokens only: layer -> `[tokens, d_model]` float32, tokens in example
+    order (the order of `states[attention_mask.bool()]` for a `[N, T, d]` array).
+
+    input_ids, attention_mask: `[N, T]`, right-padded; each batch is cut to its longest real example.
+    """
+    collected: dict[int, list[torch.Tensor]] = {}
+    starts = range(0, len(input_ids), batch_size)
+    for start in progress(starts, desc=desc, total=len(starts), unit="batch"):
+        mask = attention_mask[start:start + batch_size]
+        used = int(mask.sum(dim=1).max())
+        mask = mask[:, :used].to(model.device)
+        with ResidualRecorder(model, layers) as recorder:
+            model(input_ids=input_ids[start:start + batch_size, :used].to(model.device), attention_mask=mask,
+                  use_cache=False)
+        for ell, h in recorder.states.items():
+            collected.setdefault(ell, []).append(h[mask.bool()].float().cpu())
+    return {ell: torch.cat(parts) for ell, parts in collected.items()}

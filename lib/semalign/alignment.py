@@ -11,11 +11,25 @@ so the `[tokens, vocab]` coefficient matrix is never formed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from semalign.errors import SemalignError
 from semalign.progress import progress
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """`align` section: bases variant of the semantic map ("head" is the paper's); whether non-integer
+    depth ratios interpolate adjacent teacher layers (§4.1); the random-basis control's seed; vocabulary
+    rows per read."""
+
+    bases: str = "head"
+    interpolate: bool = True
+    control_seed: int = 0
+    chunk_rows: int = 16384
+
 
 RowReader = Callable[[int, int], torch.Tensor]  # (start, stop) -> rows [stop - start, d]
 
@@ -32,13 +46,14 @@ def folded_map(
     starts = range(0, vocab_size, chunk_rows)
     for start in progress(starts, desc="align: folded map", total=len(starts), unit="chunk"):
         stop = min(start + chunk_rows, vocab_size)
-        student, teacher = read_student(start, stop).double(), read_teacher(start, stop).double()
+        student, teacher = read_student(start, stop), read_teacher(start, stop)
         if student.shape[0] != teacher.shape[0]:
             raise SemalignError(
                 f"bases rows {start}:{stop} differ in count (student {student.shape[0]}, teacher {teacher.shape[0]}); "
                 "the two bases stores are not vocabulary-aligned: rerun `dvc repro bases`"
             )
-        part = student.T @ teacher
+        # Each chunk's product in the bases' own precision, the sum over chunks in float64.
+        part = (student.T @ teacher).double()
         total = part if total is None else total + part
     return total
 
@@ -87,7 +102,14 @@ def random_self_map(count: int, dim: int, seed: int = 0, chunk_rows: int = 16384
     generator = torch.Generator().manual_seed(seed)
     total = torch.zeros(dim, dim, dtype=torch.float64)
     for start in range(0, count, chunk_rows):
-        rows = torch.randn(min(chunk_rows, count - start), dim, generator=generator, dtype=torch.float64)
+        rows = torch.randn(min(chunk_rows, count - start), dim, generator=generator)
         rows /= rows.norm(dim=-1, keepdim=True)
-        total += rows.T @ rows
+        total += (rows.T @ rows).double()
     return total
+
+
+def isotropy(self_map: torch.Tensor) -> float:
+    """λ_min / λ_max of a symmetric S Sᵀ `[d, d]`: 1 when the bases spread evenly over every direction
+    (then decompose→recompose returns any vector's direction unchanged), 0 when a direction is missing."""
+    eigenvalues = torch.linalg.eigvalsh(self_map.double())
+    return float(eigenvalues[0].clamp(min=0) / eigenvalues[-1])
