@@ -199,24 +199,28 @@ def test_file_count_stays_small(tmp_path):
         StoreWriter(tmp_path / "t", {"x": ArraySpec((2_000, 4), "float32", 1)}, "fp")
 
 
-def test_background_writer_matches_direct_writes(tmp_path):
+@pytest.mark.parametrize("workers", [1, 4])
+def test_background_writer_matches_direct_writes(tmp_path, workers):
     data = _data(torch.bfloat16)
     arrays = {"x": ArraySpec(data.shape, "bfloat16", CHUNK)}
     buffer = torch.empty(CHUNK, 3, 5, dtype=torch.bfloat16)
     with StoreWriter(tmp_path / "s", arrays, "fp") as w:
-        with BackgroundWriter(w, maxsize=2) as bg:
+        with BackgroundWriter(w, maxsize=2, workers=workers) as bg:
             for i in range(arrays["x"].num_chunks):
                 start, stop = arrays["x"].rows(i)
                 buffer[: stop - start] = data[start:stop]
                 bg.submit("x", i, buffer[: stop - start])  # the buffer is reused: submit must copy
         w.finalize({})
     assert torch.equal(open_store(tmp_path / "s").read("x").view(torch.int16), data.view(torch.int16))
+    journal = (tmp_path / "s" / "progress.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["chunk"] for line in journal) == list(range(arrays["x"].num_chunks))
 
 
-def test_background_writer_raises_worker_errors(tmp_path):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_background_writer_raises_worker_errors(tmp_path, workers):
     arrays = {"x": ArraySpec((64, 2), "float32", 8)}
     with StoreWriter(tmp_path / "s", arrays, "fp") as w:
-        bg = BackgroundWriter(w, maxsize=2)
+        bg = BackgroundWriter(w, maxsize=2, workers=workers)
         bg.submit("x", 0, torch.ones(8, 3))  # wrong width: fails in the worker thread
         with pytest.raises(SemalignError, match="expected"):
             for i in range(1, 8):  # keeps submitting until the failure surfaces; must not deadlock

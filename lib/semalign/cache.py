@@ -13,16 +13,19 @@ The residual contribution of layer ℓ, h_ℓ − h_{ℓ−1}, is derived on rea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel
 
 from semalign.activations import teacher_forward
-from semalign.data import Encoded
 from semalign.errors import SemalignError
 from semalign.models import model_info
 from semalign.progress import progress
 from semalign.store import ArraySpec, BackgroundWriter, StoreWriter
+
+if TYPE_CHECKING:  # the data module pulls in `datasets`; the cache needs only the type
+    from semalign.data import Encoded
 
 STATE_DTYPES = ("bfloat16", "float16", "float32")
 FLOAT16_MAX = 65504.0
@@ -32,13 +35,15 @@ FLOAT16_MAX = 65504.0
 class CacheConfig:
     """`cache` section. layers: teacher layers kept ("all" or a list of indices in 0..L); top_k: next-token
     entries kept per position; dtype: storage precision of residual states; batch_size: examples per
-    forward pass and per chunk; codec: "zstd" or "none" (raw bytes, for disk-bound machines)."""
+    forward pass and per chunk; codec: "zstd" or "none" (raw bytes, for disk-bound machines); writers:
+    threads compressing and writing chunks in parallel."""
 
     layers: str | list[int] = "all"
     top_k: int = 64
     dtype: str = "bfloat16"
     batch_size: int = 4
     codec: str = "zstd"
+    writers: int = 2
 
     def __post_init__(self):
         if self.dtype not in STATE_DTYPES:
@@ -100,7 +105,7 @@ def write_teacher_cache(
     names = list(writer.arrays)
     pending = sorted({chunk for name in names for chunk in writer.pending_chunks(name)})
     num_tokens = encoded.input_ids.shape[1]
-    with BackgroundWriter(writer) as background:
+    with BackgroundWriter(writer, workers=config.writers) as background:
         for chunk in progress(pending, desc=f"{desc}: chunks", unit="chunk"):
             start, stop = writer.arrays[names[0]].rows(chunk)
             mask = encoded.attention_mask[start:stop]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from semalign.embedded import assemble_gguf, embedded_model, verify_sha256
 from semalign.errors import SemalignError
@@ -110,6 +110,8 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
 
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a local GGUF file through transformers + gguf, dequantised explicitly to dense `dtype` weights."""
+    from transformers import GgufConfig  # only the GGUF route needs it (recent transformers only)
+
     path = Path(path)
     model = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, quantization_config=GgufConfig(dequantize=True), dtype=dtype,

@@ -138,6 +138,7 @@ class StoreWriter:
         (self.path / MANIFEST).unlink(missing_ok=True)
         self._done = self._read_journal()
         self._journal = open(self.path / JOURNAL, "a", encoding="utf-8")
+        self._journal_lock = threading.Lock()  # chunks of one store may be written from several threads
 
     def _open_or_create(self, codec: str) -> None:
         try:
@@ -198,10 +199,11 @@ class StoreWriter:
         key = zarr_array.metadata.encode_chunk_key((chunk_index,) + (0,) * (len(spec.shape) - 1))
         _fsync(self.path / name / key)
         _fsync(self.path / name)  # the chunk file's directory entry must be durable too
-        self._journal.write(json.dumps({"array": name, "chunk": chunk_index}) + "\n")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
-        self._done.add((name, chunk_index))
+        with self._journal_lock:
+            self._journal.write(json.dumps({"array": name, "chunk": chunk_index}) + "\n")
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
+            self._done.add((name, chunk_index))
 
     def finalize(self, manifest: dict) -> dict:
         """Write manifest.json (arrays, fingerprint, codec + the caller's `manifest`) once all chunks are
@@ -227,15 +229,21 @@ class StoreWriter:
 
 
 class BackgroundWriter:
-    """Runs `writer.write_chunk` on one worker thread behind a queue of at most `maxsize` chunks, so
-    compression and disk I/O overlap the producer. A worker error is raised at the next submit/close."""
+    """Runs `writer.write_chunk` on `workers` threads behind a queue of at most `maxsize` chunks, so
+    compression and disk I/O overlap the producer; several workers compress and fsync distinct chunks in
+    parallel (zstd and fsync release the GIL), which a fast producer such as a GPU needs to reach the
+    disk's speed. A worker error is raised at the next submit/close."""
 
-    def __init__(self, writer: StoreWriter, maxsize: int = 3):
+    def __init__(self, writer: StoreWriter, maxsize: int = 3, workers: int = 1):
+        if workers < 1:
+            raise SemalignError(f"background writer workers={workers}; use at least 1")
         self.writer = writer
-        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._queue: queue.Queue = queue.Queue(maxsize=max(maxsize, workers))
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="store-writer", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._work, name=f"store-writer-{i}", daemon=True)
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -252,15 +260,17 @@ class BackgroundWriter:
     def submit(self, name: str, chunk_index: int, data: torch.Tensor) -> None:
         """Queue chunk `chunk_index` of `name`; `data` is copied to host memory first, so the caller may reuse it."""
         self._raise_error()
-        if not self._thread.is_alive():
+        if not any(thread.is_alive() for thread in self._threads):
             raise SemalignError(f"chunk {chunk_index} of {name!r} submitted after the background writer was closed")
         self._queue.put((name, chunk_index, to_storage(data.detach().to("cpu", copy=True))))
 
     def close(self) -> None:
-        """Drain the queue, join the worker, raise its error if it had one."""
-        if self._thread.is_alive():
+        """Drain the queue, join the workers, raise an error one of them had."""
+        alive = [thread for thread in self._threads if thread.is_alive()]
+        for _ in alive:
             self._queue.put(None)
-            self._thread.join()
+        for thread in alive:
+            thread.join()
         self._raise_error()
 
     def __enter__(self) -> BackgroundWriter:

@@ -20,7 +20,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from datasets import Features, Value, load_dataset
 
 from semalign.errors import SemalignError
 
@@ -116,15 +115,19 @@ def default_path(name: str) -> Path:
     return file
 
 
-def _rows(file: Path, features: Features | None = None, column_names: list[str] | None = None) -> list[dict]:
-    """All rows of one local json/jsonl(.gz)/parquet/csv file as dicts (csv: every cell a string)."""
+def _rows(file: Path, string_columns: list[str] | None = None) -> list[dict]:
+    """All rows of one local json/jsonl(.gz)/parquet/csv file as dicts (csv: headerless, `string_columns`
+    named in order, every cell a string)."""
+    # Imported here: `datasets` is heavy, and modules that only need TaskItem should not pay for it.
+    from datasets import Features, Value, load_dataset
+
     suffixes = "".join(file.suffixes).lower()
     if suffixes.endswith(".parquet"):
         dataset = load_dataset("parquet", data_files=str(file), split="train")
     elif suffixes.endswith(".csv"):
         # na_filter off: MMLU options such as "None" or "NA" are answers, not missing values.
-        dataset = load_dataset("csv", data_files=str(file), split="train", column_names=column_names,
-                               features=features, na_filter=False)
+        dataset = load_dataset("csv", data_files=str(file), split="train", column_names=string_columns,
+                               features=Features({c: Value("string") for c in string_columns}), na_filter=False)
     else:
         dataset = load_dataset("json", data_files=str(file), split="train")
     return dataset.to_list()
@@ -213,7 +216,7 @@ def _mmlu(file: Path) -> tuple[list[TaskItem], Counter]:
 
 def _mmlu_csv(file: Path, prefix: str) -> tuple[list[TaskItem], Counter]:
     columns = ["question", *LETTERS, "answer"]
-    rows = _rows(file, Features({c: Value("string") for c in columns}), columns)
+    rows = _rows(file, columns)
     return _mmlu_rows(rows, prefix, lambda r: [r[c] for c in LETTERS], lambda r, _: r["answer"].strip())
 
 
