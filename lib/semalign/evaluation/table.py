@@ -1,0 +1,75 @@
+"""The results table (paper Table 1): rows student, teacher, then methods; columns tasks.
+
+Cells are accuracy (pass@1 for code) with its 95% Wilson interval and n. Each method also gets the share
+of the teacher-student gap it closes, (method - student) / (teacher - student), where both ends exist and
+differ, and a paired comparison against the student on the items both answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from semalign.evaluation.runner import ItemResult, compare_paired
+
+BASE_ROWS = ("student", "teacher")
+TASK_ORDER = ("mmlu", "gsm8k", "asdiv", "humaneval", "mbpp")
+_CELL_KEYS = ("accuracy", "ci_low", "ci_high", "n")
+
+
+def build_table(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                results: Mapping[str, Mapping[str, Sequence[ItemResult]]] | None = None) -> dict[str, Any]:
+    """The table from summaries[variant][task] (the evaluate metrics) and, for the paired comparisons,
+    per-item results[variant][task]. Any variants and tasks may be missing."""
+    results = results or {}
+    tasks = [t for t in TASK_ORDER if any(t in row for row in summaries.values())]
+    tasks += sorted({t for row in summaries.values() for t in row} - set(tasks))
+    methods = sorted(set(summaries) - set(BASE_ROWS))
+    variants = [v for v in BASE_ROWS if v in summaries] + methods
+    rows = {v: {t: {key: summaries[v][t][key] for key in _CELL_KEYS} for t in tasks if t in summaries[v]}
+            for v in variants}
+    student, teacher = summaries.get("student", {}), summaries.get("teacher", {})
+    gap_closed, paired = {}, {}
+    for method in methods:
+        gap_closed[method] = {}
+        for task in tasks:
+            if task in summaries[method] and task in student and task in teacher:
+                gap = teacher[task]["accuracy"] - student[task]["accuracy"]
+                gained = summaries[method][task]["accuracy"] - student[task]["accuracy"]
+                gap_closed[method][task] = gained / gap if gap != 0 else None
+        paired[method] = {task: compare_paired(results["student"][task], results[method][task])
+                          for task in tasks
+                          if task in results.get("student", {}) and task in results.get(method, {})}
+    return {"tasks": tasks, "variants": variants, "rows": rows, "gap_closed": gap_closed,
+            "paired_vs_student": paired}
+
+
+def render_markdown(table: Mapping[str, Any]) -> str:
+    """Table 1 as markdown ("acc [lo, hi] (n)"), then gap closed and the paired tests against the student."""
+    tasks = table["tasks"]
+    lines = ["# Results", "", "Accuracy (pass@1 for code) [95% Wilson interval] (items).", "",
+             "| variant | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    for variant in table["variants"]:
+        cells = [_cell(table["rows"][variant].get(task)) for task in tasks]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    if table["gap_closed"]:
+        lines += ["", "## Gap closed: (method - student) / (teacher - student)", "",
+                  "| method | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+        for method, by_task in table["gap_closed"].items():
+            cells = ["—" if by_task.get(task) is None else f"{by_task[task]:.2f}" for task in tasks]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    comparisons = [(m, t, c) for m, by_task in table["paired_vs_student"].items() for t, c in by_task.items()]
+    if comparisons:
+        lines += ["", "## Method vs student, paired on items", "",
+                  "| method | task | n | diff [95% bootstrap] | only method right | only student right | McNemar p |",
+                  "|---|---|---|---|---|---|---|"]
+        for method, task, c in comparisons:
+            lines.append(f"| {method} | {task} | {c['n']} | {c['diff']:+.3f} [{c['diff_low']:+.3f}, "
+                         f"{c['diff_high']:+.3f}] | {c['b01']} | {c['b10']} | {c['mcnemar_p']:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(cell: Mapping[str, Any] | None) -> str:
+    if cell is None:
+        return "—"
+    return f"{cell['accuracy']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}] ({cell['n']})"

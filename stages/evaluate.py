@@ -1,0 +1,78 @@
+"""Stage `evaluate@<task>-<variant>`: score one model on a task's evaluation split (paper §5.1).
+
+variant: `teacher`, `student`, or a method whose LoRA adapter is data/adapters/<task>/<method>/, merged
+into the student. Per-item results go to data/eval/<task>/<variant>.jsonl as each batch finishes, so a
+killed run resumes; the summary with its 95% interval goes to metrics/eval/<task>/<variant>.json.
+"""
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from peft import PeftModel
+
+from semalign.config import build, write_json
+from semalign.data import load_split
+from semalign.embedded import sha256_of
+from semalign.errors import SemalignError
+from semalign.evaluation.runner import EvalConfig, evaluate_task, protocol, summarise_results
+from semalign.models import load_hf_dir
+
+BASE_MODELS = ("teacher", "student")
+
+
+def load_variant(task: str, variant: str, device: str):
+    """(model, tokenizer, sha256 over the weight files) of a base model or of the student + an adapter."""
+    folders = [Path("data/models") / (variant if variant in BASE_MODELS else "student")]
+    model, tokenizer = load_hf_dir(folders[0], device=device)
+    if variant not in BASE_MODELS:
+        adapter = Path("data/adapters") / task / variant
+        if not (adapter / "adapter_config.json").is_file():
+            raise SemalignError(f"variant {variant!r} has no adapter at {adapter}; run the train stage that writes it "
+                                f"(`dvc repro train@{task}-{variant}`, or the baseline's stage, e.g. seeking@{task}) "
+                                "or evaluate teacher or student")
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+        folders.append(adapter)
+    digest = hashlib.sha256()
+    for folder in folders:
+        for weights in sorted(folder.glob("*.safetensors")):
+            digest.update(f"{weights.name}:{sha256_of(weights)}|".encode())
+    return model, tokenizer, digest.hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--variant", required=True, help="teacher, student, or a method name (e.g. semalign-v1)")
+    args = parser.parse_args()
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    section = params.get("evaluate") or {}
+    if "chat_template" in section:
+        raise SemalignError("evaluate.chat_template is taken from data.chat_template (the prompts training used); "
+                            "remove it from the evaluate section")
+    config = build(EvalConfig, {**section, "chat_template": params["data"]["chat_template"]}, "evaluate")
+
+    _, items = load_split(Path("data/tasks") / args.task, "evaluation")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer, weights = load_variant(args.task, args.variant, device)
+    started = time.perf_counter()
+    results = evaluate_task(model, tokenizer, args.task, items, config,
+                            Path("data/eval") / args.task / f"{args.variant}.jsonl",
+                            identity={"variant": args.variant, "weights_sha256": weights})
+    summary = summarise_results(results)
+
+    write_json(Path("metrics/eval") / args.task / f"{args.variant}.json", {
+        "task": args.task, "variant": args.variant,
+        "metric": "pass@1" if args.task in ("humaneval", "mbpp") else "accuracy", **summary,
+        "protocol": protocol(tokenizer, args.task, items[:1], config),
+        "seconds": round(time.perf_counter() - started, 1), "device": device, "weights_sha256": weights,
+    })
+    print(f"evaluate {args.task}/{args.variant}: {summary['accuracy']:.3f} "
+          f"[{summary['ci_low']:.3f}, {summary['ci_high']:.3f}] (n={summary['n']})")
+
+
+if __name__ == "__main__":
+    main()

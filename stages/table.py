@@ -1,0 +1,30 @@
+"""Stage `table`: every metrics/eval/<task>/<variant>.json present -> metrics/table.json and reports/table.md
+(paper Table 1: rows student, teacher, methods; columns tasks), with the gap each method closes and its
+paired test against the student from the per-item results in data/eval/."""
+
+import json
+from pathlib import Path
+
+from semalign.config import write_json
+from semalign.evaluation.runner import read_results
+from semalign.evaluation.table import build_table, render_markdown
+
+
+def main() -> None:
+    summaries, results = {}, {}
+    for path in sorted(Path("metrics/eval").glob("*/*.json")):
+        task, variant = path.parent.name, path.stem
+        summaries.setdefault(variant, {})[task] = json.loads(path.read_text())
+        items = Path("data/eval") / task / f"{variant}.jsonl"
+        if items.is_file():
+            results.setdefault(variant, {})[task] = read_results(items)
+    table = build_table(summaries, results)
+
+    write_json(Path("metrics/table.json"), table)
+    Path("reports").mkdir(exist_ok=True)
+    Path("reports/table.md").write_text(render_markdown(table))
+    print(f"table: {len(table['variants'])} variants x {len(table['tasks'])} tasks")
+
+
+if __name__ == "__main__":
+    main()
