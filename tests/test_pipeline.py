@@ -16,7 +16,8 @@ from semalign.tiny import tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_SIDE = {"materialize@teacher", "bases@teacher", "data@mmlu", "attribute@mmlu", "cache@mmlu"}
-STUDENT_SIDE = {"pair@mmlu", "align@mmlu"}
+STUDENT_SIDE = {"pair@mmlu", "align@mmlu", "train@mmlu", "evaluate_transfer@mmlu", "table"}
+EVALUATED = {"evaluate@mmlu-student", "evaluate@mmlu-teacher"}
 
 
 def mmlu_rows(count: int) -> str:
@@ -37,6 +38,8 @@ def tiny_params(models: Path, task_file: Path) -> dict:
                                                           "alignment": 4, "training": 6}})
     params["cache"].update(top_k=4, batch_size=2)
     params["align"]["chunk_rows"] = 128
+    params["train"].update(epochs=1, batch_size=4, micro_batch_size=2)
+    params["evaluate"].update(batch_size=4, limit={"mmlu": 4})
     return params
 
 
@@ -70,24 +73,40 @@ def project(tmp_path_factory) -> Path:
 
 def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(project):
     first = ran_stages(run([sys.executable, "-m", "dvc", "repro"], project))
-    assert TEACHER_SIDE | STUDENT_SIDE <= first
+    assert TEACHER_SIDE | STUDENT_SIDE | EVALUATED <= first
     assert (project / "data/cache/mmlu/training.zarr/manifest.json").is_file()
     assert (project / "data/targets/mmlu/training.zarr/manifest.json").is_file()
+    assert (project / "data/adapters/mmlu/v1/adapter_model.safetensors").is_file()
     metrics = json.loads((project / "metrics/align/mmlu.json").read_text())
     assert set(metrics["fidelity_mean_over_layers"]["teacher"]) == {"head", "head_normed", "input", "random"}
+    table = json.loads((project / "metrics/table.json").read_text())
+    assert {"student", "teacher", "v1"} <= set(table["variants"])
 
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["pair"]["mode"] = "v2"
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    second = run([sys.executable, "-m", "dvc", "repro"], project)
-    assert ran_stages(second) == {"pair@mmlu", "align@mmlu"}, second
-    for stage in TEACHER_SIDE:
-        assert f"Stage '{stage}' didn't change, skipping" in second
+    for key, value in (("pair", {"mode": "v2"}), ("train", {"objective": "v2"})):
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params[key].update(value)
+        (project / "params.yaml").write_text(yaml.safe_dump(params))
+        output = run([sys.executable, "-m", "dvc", "repro"], project)
+        expected = STUDENT_SIDE if key == "pair" else {"train@mmlu", "evaluate_transfer@mmlu", "table"}
+        assert ran_stages(output) == expected, output
+        for stage in TEACHER_SIDE | EVALUATED:
+            assert f"Stage '{stage}' didn't change, skipping" in output
+    assert (project / "data/adapters/mmlu/v2/adapter_model.safetensors").is_file()
+
+
+def test_training_runs_with_the_teacher_weights_gone(project):
+    teacher = project / "data/models/teacher"
+    hidden = project / "teacher-away"
+    teacher.rename(hidden)
+    try:
+        run([sys.executable, "stages/train.py", "--task", "mmlu"], project)
+    finally:
+        hidden.rename(teacher)
 
 
 def test_student_side_stages_never_depend_on_teacher_weights():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name in ("pair", "fold", "align"):
+    for name in ("pair", "fold", "align", "train", "evaluate_transfer"):
         deps = stages[name].get("do", stages[name])["deps"]
         assert "data/models/teacher" not in deps, f"{name} must not load the teacher's weights"
     for name in ("data", "attribute", "cache"):

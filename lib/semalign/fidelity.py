@@ -33,15 +33,16 @@ def curve_rows(series: dict[str, list[float]], first_layer: int = 0) -> list[dic
     return [{"layer": first_layer + i, **{name: values[i] for name, values in series.items()}} for i in range(length)]
 
 
-def plot_curves(series: dict[str, list[float]], path: str | Path, title: str, ylabel: str, first_layer: int = 0) -> None:
-    """Line plot (PNG), layer on x, one line per series."""
+def plot_curves(series: dict[str, list[float]], path: str | Path, title: str, ylabel: str, first_layer: int = 0,
+                xlabel: str = "layer") -> None:
+    """Line plot (PNG), one line per series, x = first_layer, first_layer + 1, ..."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(6.0, 3.5), layout="constrained")
     ax = fig.add_subplot()
     for name, values in series.items():
         ax.plot(range(first_layer, first_layer + len(values)), values, marker="o", markersize=3, label=name)
-    ax.set_xlabel("layer")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.axhline(0.0, color="grey", linewidth=0.5)

@@ -1,0 +1,146 @@
+"""LoRA placement, the three objectives moving what they should, frontier phases, failure and save paths."""
+
+import pytest
+import torch
+from peft import PeftModel
+
+from semalign.activations import ResidualRecorder
+from semalign.errors import SemalignError
+from semalign.objectives import cross_entropy_loss
+from semalign.tiny import tiny_model
+from semalign.training import (
+    TrainConfig,
+    TrainingBatch,
+    add_lora,
+    layer_alignment,
+    lora_parameters,
+    micro_batches,
+    save_adapter,
+    train,
+)
+
+N, T, LAYERS = 8, 10, 3
+
+
+def split_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(7, 300, (N, T), generator=g)
+    mask = torch.ones(N, T, dtype=torch.long)
+    mask[::2, -3:] = 0  # some right padding
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :4] = -100
+    top = torch.log_softmax(torch.randn(N, T, 320, generator=g), -1).topk(4, -1)
+    rest = torch.log1p(-top.values.exp().sum(-1))
+    return {"input_ids": ids * mask, "attention_mask": mask, "labels": labels,
+            "topk_logprobs": top.values, "topk_ids": top.indices.int(), "rest_logmass": rest}
+
+
+def other_model_targets(tensors, layers) -> dict[int, torch.Tensor]:
+    """Δh_k of a differently seeded model of the same shape: a target the student does not already match."""
+    other = tiny_model("qwen2", seed=99, num_layers=LAYERS, hidden_size=32)
+    with ResidualRecorder(other, range(LAYERS + 1)) as rec, torch.no_grad():
+        other(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"])
+    return {k: rec.states[k] - rec.states[k - 1] for k in layers}
+
+
+def student(layers, config):
+    return add_lora(tiny_model("qwen2", seed=1, num_layers=LAYERS, hidden_size=32), layers, config)
+
+
+def epochs_of(tensors, targets, config):
+    return lambda epoch: micro_batches(tensors, targets, config.micro_batch_size,
+                                       torch.Generator().manual_seed(config.seed + epoch))
+
+
+def snapshot(params):
+    return [p.detach().clone() for p in params]
+
+
+def test_lora_sits_on_the_paired_layer_only():
+    config = TrainConfig(micro_batch_size=2, batch_size=4)
+    model = student([2], config)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.1." in name and "lora_" in name for name in trainable)
+    modules = {name.split(".layers.1.")[1].split(".lora_")[0] for name in trainable}
+    assert modules == {"mlp.up_proj", "mlp.down_proj", "self_attn.v_proj", "self_attn.o_proj"}
+    assert len(lora_parameters(model, 2)) == 8 and not lora_parameters(model, 1)
+
+
+def test_v1_raises_the_layer_cosine_and_leaves_base_weights_alone():
+    config = TrainConfig(objective="v1", lr=1e-2, epochs=6, batch_size=4, micro_batch_size=2, lora_dropout=0.0)
+    tensors = split_tensors()
+    targets = other_model_targets(tensors, [2])
+    model = student([2], config)
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    whole = [TrainingBatch(targets=targets, **tensors)]
+    before = layer_alignment(model, whole, [2])[2]["cosine"]
+    result = train(model, epochs_of(tensors, targets, config), [2], config, steps_per_epoch=2)
+    after = layer_alignment(model, whole, [2])[2]["cosine"]
+    assert after > before + 0.05, (before, after)
+    assert len(result.records) == 12 and result.records[-1]["layer_term"] < result.records[0]["layer_term"]
+    for name, p in model.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(p, base_before[name]), name
+
+
+def test_v2_trains_one_frontier_layer_per_phase_shallow_to_deep():
+    config = TrainConfig(objective="v2", lr=1e-2, epochs=2, batch_size=4, micro_batch_size=2, lora_dropout=0.0)
+    tensors = split_tensors()
+    targets = other_model_targets(tensors, [1, 3])
+    model = student([1, 3], config)
+    deep_before = snapshot(lora_parameters(model, 3))
+    train(model, epochs_of(tensors, targets, config), [1], config, steps_per_epoch=2)  # phase for layer 1 only
+    assert all(torch.equal(a, b) for a, b in zip(deep_before, lora_parameters(model, 3)))
+
+    model = student([1, 3], config)
+    shallow_before, deep_before = snapshot(lora_parameters(model, 1)), snapshot(lora_parameters(model, 3))
+    result = train(model, epochs_of(tensors, targets, config), [3, 1], config, steps_per_epoch=2)
+    assert [r["layer"] for r in result.records] == [1] * 4 + [3] * 4
+    assert [r["phase"] for r in result.records] == [1] * 4 + [2] * 4
+    assert not all(torch.equal(a, b) for a, b in zip(shallow_before, lora_parameters(model, 1)))
+    assert not all(torch.equal(a, b) for a, b in zip(deep_before, lora_parameters(model, 3)))
+
+
+def test_sft_lowers_cross_entropy():
+    config = TrainConfig(objective="sft", lr=1e-2, epochs=5, batch_size=4, micro_batch_size=2, lora_dropout=0.0)
+    tensors = split_tensors()
+    model = student([2], config)
+    with torch.no_grad():
+        before = cross_entropy_loss(model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits,
+                                    tensors["labels"]).item()
+    train(model, epochs_of(tensors, {}, config), [2], config, steps_per_epoch=2)
+    with torch.no_grad():
+        after = cross_entropy_loss(model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits,
+                                   tensors["labels"]).item()
+    assert after < before - 0.1, (before, after)
+
+
+def test_a_nan_target_stops_training_naming_step_and_term():
+    config = TrainConfig(objective="v1", batch_size=2, micro_batch_size=2)
+    tensors = split_tensors()
+    targets = {2: torch.full((N, T, 32), float("nan"))}
+    with pytest.raises(SemalignError, match=r"step 1, term layer_term: loss is nan"):
+        train(student([2], config), epochs_of(tensors, targets, config), [2], config, steps_per_epoch=4)
+
+
+def test_config_errors():
+    with pytest.raises(SemalignError, match="objective"):
+        TrainConfig(objective="v3")
+    with pytest.raises(SemalignError, match="multiple of micro_batch_size"):
+        TrainConfig(batch_size=10, micro_batch_size=4)
+
+
+def test_saved_adapter_reloads_and_merges_to_the_same_logits(tmp_path):
+    config = TrainConfig(objective="sft", lr=1e-2, epochs=1, batch_size=4, micro_batch_size=2, lora_dropout=0.0)
+    tensors = split_tensors()
+    model = student([2], config)
+    train(model, epochs_of(tensors, {}, config), [2], config, steps_per_epoch=2)
+    save_adapter(model, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    ids = tensors["input_ids"][:2]
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        reloaded = PeftModel.from_pretrained(tiny_model("qwen2", seed=1, num_layers=LAYERS, hidden_size=32),
+                                             tmp_path / "adapter").eval()
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, expected)
+        torch.testing.assert_close(reloaded.merge_and_unload()(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
