@@ -39,6 +39,11 @@ def main() -> None:
     pairing = build_pairing(depth["teacher"], depth["student"], attribution["scores"], mode=config.mode,
                             num_critical=config.num_critical, window=config.window, train_layers=config.train_layers)
     write_json(Path("data/pairs") / f"{args.task}.json", pairing.to_json())
+    write_json(Path("metrics/pair") / f"{args.task}.json", {
+        "mode": pairing.mode, "critical_teacher_layers": [c.teacher_layer for c in pairing.critical],
+        "trained_student_layers": pairing.trained_student_layers,
+        "teacher_layer_per_student_layer": [p.teacher_layer for p in pairing.layers],
+    })
     print(f"pair {args.task}: {config.mode}, trained student layers {pairing.trained_student_layers}")
 
 
