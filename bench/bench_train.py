@@ -20,6 +20,7 @@ import time
 import torch
 
 from semalign.activations import TeacherBatch, teacher_forward
+from semalign.latent_maps import semantic_map
 from semalign.targets import to_student_space
 from semalign.tiny import build_model, real_shape_config
 from semalign.training import TrainConfig, TrainingBatch, add_lora, batch_losses
@@ -43,7 +44,7 @@ def child(mode: str, args) -> dict:
     ids = torch.randint(0, 151936, (args.micro_batch, args.length), generator=g).to(args.device)
     mask = torch.ones_like(ids)
     d_teacher, d_student = real_shape_config(TEACHER).hidden_size, real_shape_config(STUDENT).hidden_size
-    folded = torch.randn(d_student, d_teacher, generator=g).to(args.device, torch.float32)
+    aligned = semantic_map(torch.randn(d_student, d_teacher, generator=g).to(args.device))
     teacher = build_model(real_shape_config(TEACHER)).to(args.device, dtype) if mode == "live" else None
     if mode == "cache":  # what the cache holds, read into memory; values do not affect speed
         shape = (args.micro_batch, args.length)
@@ -58,7 +59,7 @@ def child(mode: str, args) -> dict:
             return TrainingBatch(ids, mask, ids)
         out = cached if mode == "cache" else teacher_forward(teacher, ids, mask, [TEACHER_LAYER - 1, TEACHER_LAYER], TOP_K)
         delta = (out.hidden[TEACHER_LAYER] - out.hidden[TEACHER_LAYER - 1]).float()
-        return TrainingBatch(ids, mask, ids, {LAYER: to_student_space(delta, folded)},
+        return TrainingBatch(ids, mask, ids, {LAYER: to_student_space(delta, aligned)},
                              out.topk_logprobs, out.topk_ids, out.rest_logmass)
 
     times = []

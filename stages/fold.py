@@ -3,6 +3,7 @@
     semantic             M = S_S S_Tᵀ `[d_student, d_teacher]` with the `align.bases` variant (eq. 1–2 folded)
     self_<role>_<variant> S Sᵀ `[d, d]`: decompose→recompose within one model (Fig. 2's fidelity)
     random_<role>         R Rᵀ for as many random unit vectors as the vocabulary (Fig. 2's control)
+    random_<role>_<n>     the same for n vectors, n in align.control_counts (the control's sweep)
 All in float64, in one safetensors file; `align@<task>` applies them to cached states.
 """
 
@@ -40,6 +41,9 @@ def main() -> None:
         for variant in variants:
             maps[f"self_{role}_{variant}"] = folded_map(reader(role, variant), reader(role, variant), rows, config.chunk_rows)
         maps[f"random_{role}"] = random_self_map(rows, store.manifest["d_model"], config.control_seed, config.chunk_rows)
+        for count in config.control_counts:
+            maps[f"random_{role}_{count}"] = random_self_map(count, store.manifest["d_model"], config.control_seed,
+                                                             config.chunk_rows)
     out = Path("data/maps/maps.safetensors")
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({name: m.contiguous() for name, m in maps.items()}, str(out))

@@ -78,6 +78,15 @@ def test_random_control_approaches_a_multiple_of_identity():
     assert reconstruction_cosine(h, control).min() > 0.99
 
 
+@pytest.mark.parametrize("count, dim", [(64, 16), (512, 16), (4000, 32), (12, 24)])
+def test_random_control_cosine_matches_its_closed_form(count, dim):
+    from semalign.alignment import random_control_cosine
+
+    h = torch.randn(400, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(count))
+    measured = [reconstruction_cosine(h, random_self_map(count, dim, seed=s)).mean().item() for s in range(8)]
+    assert sum(measured) / len(measured) == pytest.approx(random_control_cosine(count, dim), abs=0.02)
+
+
 def test_isotropy_is_one_for_identity_and_zero_for_a_missing_direction():
     from semalign.alignment import isotropy
 

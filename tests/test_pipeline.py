@@ -16,7 +16,8 @@ from semalign.tiny import tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_SIDE = {"materialize@teacher", "bases@teacher", "data@mmlu", "attribute@mmlu", "cache@mmlu"}
-STUDENT_SIDE = {"pair@mmlu", "align@mmlu", "train@mmlu", "evaluate_transfer@mmlu", "table"}
+TRANSFER = {f"{stage}@mmlu-{objective}" for stage in ("train", "evaluate_transfer") for objective in ("v1", "sft")}
+STUDENT_SIDE = {"pair@mmlu", "align@mmlu", "table"} | TRANSFER
 EVALUATED = {"evaluate@mmlu-student", "evaluate@mmlu-teacher"}
 
 
@@ -38,7 +39,7 @@ def tiny_params(models: Path, task_file: Path) -> dict:
                                                           "alignment": 4, "training": 6}})
     params["cache"].update(top_k=4, batch_size=2)
     params["align"]["chunk_rows"] = 128
-    params["train"].update(epochs=1, batch_size=4, micro_batch_size=2)
+    params["train"].update(objectives=["v1", "sft"], epochs=1, batch_size=4, micro_batch_size=2)
     params["evaluate"].update(batch_size=4, limit={"mmlu": 4})
     return params
 
@@ -76,20 +77,28 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(proj
     assert TEACHER_SIDE | STUDENT_SIDE | EVALUATED <= first
     assert (project / "data/cache/mmlu/training.zarr/manifest.json").is_file()
     assert (project / "data/targets/mmlu/training.zarr/manifest.json").is_file()
-    assert (project / "data/adapters/mmlu/v1/adapter_model.safetensors").is_file()
+    assert all((project / f"data/adapters/mmlu/{o}/adapter_model.safetensors").is_file() for o in ("v1", "sft"))
     metrics = json.loads((project / "metrics/align/mmlu.json").read_text())
     assert set(metrics["fidelity_mean_over_layers"]["teacher"]) == {"head", "head_normed", "input", "random"}
     table = json.loads((project / "metrics/table.json").read_text())
-    assert {"student", "teacher", "v1"} <= set(table["variants"])
+    assert {"student", "teacher", "v1", "sft"} <= set(table["variants"])
 
-    for key, value in (("pair", {"mode": "v2"}), ("train", {"objective": "v2"})):
+    held_out = metrics["held_out"]
+    assert set(held_out["mean_all_layers"]) == {"semantic", "ridge", "procrustes", "random"}
+    assert held_out["fit_examples"] + held_out["held_out_examples"] == 4
+    assert json.loads((project / "metrics/train/mmlu/v1.json").read_text())["held_out_examples"] == 2
+
+    changes = {"pair": ({"mode": "v2"}, STUDENT_SIDE),
+               "align": ({"map": "ridge"}, STUDENT_SIDE - {"pair@mmlu"}),
+               # adding an objective trains and evaluates only the new one
+               "train": ({"objectives": ["v1", "sft", "v2"]}, {"train@mmlu-v2", "evaluate_transfer@mmlu-v2", "table"})}
+    for key, (value, expected) in changes.items():
         params = yaml.safe_load((project / "params.yaml").read_text())
         params[key].update(value)
         (project / "params.yaml").write_text(yaml.safe_dump(params))
         output = run([sys.executable, "-m", "dvc", "repro"], project)
-        expected = STUDENT_SIDE if key == "pair" else {"train@mmlu", "evaluate_transfer@mmlu", "table"}
         assert ran_stages(output) == expected, output
-        for stage in TEACHER_SIDE | EVALUATED:
+        for stage in TEACHER_SIDE | EVALUATED | (TRANSFER if key == "train" else set()):
             assert f"Stage '{stage}' didn't change, skipping" in output
     assert (project / "data/adapters/mmlu/v2/adapter_model.safetensors").is_file()
 
@@ -99,7 +108,7 @@ def test_training_runs_with_the_teacher_weights_gone(project):
     hidden = project / "teacher-away"
     teacher.rename(hidden)
     try:
-        run([sys.executable, "stages/train.py", "--task", "mmlu"], project)
+        run([sys.executable, "stages/train.py", "--task", "mmlu", "--objective", "v1"], project)
     finally:
         hidden.rename(teacher)
 

@@ -4,6 +4,7 @@ import torch
 
 from semalign.alignment import decompose_recompose
 from semalign.cache import CacheConfig, state_name
+from semalign.latent_maps import semantic_map
 from semalign.pairing import build_pairing
 from semalign.store import StoreWriter, open_store
 from semalign.targets import target_arrays, target_name, teacher_quantity, write_targets
@@ -22,7 +23,7 @@ def test_targets_equal_the_mapped_interpolated_contribution(tmp_path):
     folded = torch.randn(D_STUDENT, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     n, t = encoded.input_ids.shape
     with StoreWriter(tmp_path / "targets.zarr", target_arrays(pairs, n, t, D_STUDENT, 2), "fp") as writer:
-        assert write_targets(cache, pairs, folded, True, writer) == 3
+        assert write_targets(cache, pairs, {p.student_layer: semantic_map(folded) for p in pairs}, True, writer) == 3
         writer.finalize({})
     targets = open_store(tmp_path / "targets.zarr")
 

@@ -19,16 +19,36 @@ from semalign.errors import SemalignError
 from semalign.progress import progress
 
 
+LATENT_MAPS = ("semantic", "ridge", "procrustes")  # see semalign.latent_maps
+
+
 @dataclass(frozen=True)
 class AlignConfig:
-    """`align` section: bases variant of the semantic map ("head" is the paper's); whether non-integer
-    depth ratios interpolate adjacent teacher layers (§4.1); the random-basis control's seed; vocabulary
-    rows per read."""
+    """`align` section. bases: bases variant of the semantic map ("head" is the paper's); map: the latent map
+    that makes the targets (LATENT_MAPS); ridge: the ridge map's strength (relative to tr(XᵀX)/d); fit_fraction:
+    share of the alignment split's examples that fit maps, the rest is held out for every measurement;
+    interpolate: non-integer depth ratios interpolate adjacent teacher layers (§4.1); control_seed and
+    control_counts: the random-basis control of Fig. 2 (as many vectors as the vocabulary, plus this sweep);
+    chunk_rows: vocabulary rows per read."""
 
     bases: str = "head"
+    map: str = "semantic"
+    ridge: float = 0.01
+    fit_fraction: float = 0.5
     interpolate: bool = True
     control_seed: int = 0
+    control_counts: tuple[int, ...] = (256, 1024, 4096, 16384, 65536)
     chunk_rows: int = 16384
+
+    def __post_init__(self):
+        object.__setattr__(self, "control_counts", tuple(self.control_counts))
+        if self.map not in LATENT_MAPS:
+            raise SemalignError(f"align.map {self.map!r} is unknown; use one of {LATENT_MAPS}")
+        if not 0.0 < self.fit_fraction < 1.0:
+            raise SemalignError(f"align.fit_fraction {self.fit_fraction} must be between 0 and 1 (exclusive): "
+                                "some alignment examples fit the maps, the others measure them")
+        if any(not isinstance(c, int) or c < 1 for c in self.control_counts):
+            raise SemalignError(f"align.control_counts {list(self.control_counts)} must be positive integers")
 
 
 RowReader = Callable[[int, int], torch.Tensor]  # (start, stop) -> rows [stop - start, d]
@@ -106,6 +126,13 @@ def random_self_map(count: int, dim: int, seed: int = 0, chunk_rows: int = 16384
         rows /= rows.norm(dim=-1, keepdim=True)
         total += (rows.T @ rows).double()
     return total
+
+
+def random_control_cosine(count: int, dim: int) -> float:
+    """Closed form of the random control's reconstruction cosine: √(n / (n + d − 1)) for n random unit vectors in
+    R^d, from E[hᵀ R Rᵀ h] = n/d and E‖R Rᵀ h‖² = n/d + n(n − 1)/d² for a unit h (the ratio of expectations,
+    exact as n·d grows). n = d gives 0.71; n = 100·d gives 0.995."""
+    return (count / (count + dim - 1)) ** 0.5
 
 
 def isotropy(self_map: torch.Tensor) -> float:

@@ -66,6 +66,14 @@ def relation_geometry_loss(h: torch.Tensor, target: torch.Tensor, mask: torch.Te
     return per_sequence[mask.any(dim=1)].mean()
 
 
+def interface_similarity(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How close h is to its target `[batch, tokens, d]` (widths may differ for "relation"): "cosine" =
+    1 − layer_cosine_loss, "relation" = 1 − relation_geometry_loss. Both 1 for a perfect match."""
+    with torch.no_grad():
+        return {"cosine": 1.0 - layer_cosine_loss(h, target, mask).item(),
+                "relation": 1.0 - relation_geometry_loss(h, target, mask).item()}
+
+
 def log_rest(logprobs: torch.Tensor) -> torch.Tensor:
     """log(1 − Σ exp(logprobs)) over the last axis, computed as log(−expm1(logsumexp)) and kept finite."""
     covered = torch.logsumexp(logprobs, dim=-1).clamp(max=0.0)

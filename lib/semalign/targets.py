@@ -3,15 +3,17 @@
 For each trained student layer k the teacher quantity at the supervision interface is the paired
 teacher layer's residual contribution Δh_ℓ = h_ℓ − h_{ℓ−1} ("before residual addition", §4.3), either at
 the pairing's teacher layer or interpolated (1−λ)Δh_a + λΔh_b (§4.1, non-integer depth ratios). It is
-mapped into student space with the folded alignment map: target = M Δh / ‖Δh‖.
+mapped into student space by the layer's latent map (`semalign.latent_maps`): the paper's
+target = M Δh / ‖Δh‖ with the folded M, or a map fitted on the alignment split.
 """
 
 from __future__ import annotations
 
 import torch
 
-from semalign.alignment import decompose_recompose, interpolate
+from semalign.alignment import interpolate
 from semalign.cache import state_name
+from semalign.latent_maps import LatentMap
 from semalign.pairing import LayerPair
 from semalign.progress import progress
 from semalign.store import ArraySpec, BackgroundWriter, Store, StoreWriter
@@ -37,10 +39,10 @@ def teacher_quantity(cache: Store, pair: LayerPair, use_interpolation: bool, sta
     return interpolate(teacher_contribution(cache, a, start, stop), teacher_contribution(cache, b, start, stop), lam)
 
 
-def to_student_space(teacher: torch.Tensor, folded: torch.Tensor) -> torch.Tensor:
+def to_student_space(teacher: torch.Tensor, latent_map: LatentMap) -> torch.Tensor:
     """`[examples, tokens, d_teacher]` -> `[examples, tokens, d_student]` float32; zero (padding) stays zero."""
     examples, tokens, width = teacher.shape
-    return decompose_recompose(teacher.reshape(-1, width), folded).float().reshape(examples, tokens, -1)
+    return latent_map(teacher.reshape(-1, width)).reshape(examples, tokens, -1)
 
 
 def target_arrays(pairs: list[LayerPair], num_examples: int, num_tokens: int, d_student: int,
@@ -50,9 +52,10 @@ def target_arrays(pairs: list[LayerPair], num_examples: int, num_tokens: int, d_
             for p in pairs}
 
 
-def write_targets(cache: Store, pairs: list[LayerPair], folded: torch.Tensor, use_interpolation: bool,
+def write_targets(cache: Store, pairs: list[LayerPair], maps: dict[int, LatentMap], use_interpolation: bool,
                   writer: StoreWriter, desc: str = "align") -> int:
-    """Fill every unfinished chunk of `writer` with targets; returns the number of chunks computed."""
+    """Fill every unfinished chunk of `writer` with targets, student layer k mapped by `maps[k]`; returns the
+    number of chunks computed."""
     pending = sorted({c for name in writer.arrays for c in writer.pending_chunks(name)})
     with BackgroundWriter(writer) as background:
         for chunk in progress(pending, desc=f"{desc}: chunks", unit="chunk"):
@@ -60,5 +63,5 @@ def write_targets(cache: Store, pairs: list[LayerPair], folded: torch.Tensor, us
                 name = target_name(pair.student_layer)
                 start, stop = writer.arrays[name].rows(chunk)
                 quantity = teacher_quantity(cache, pair, use_interpolation, start, stop)
-                background.submit(name, chunk, to_student_space(quantity, folded))
+                background.submit(name, chunk, to_student_space(quantity, maps[pair.student_layer]))
     return len(pending)

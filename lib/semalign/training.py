@@ -25,6 +25,7 @@ from semalign.activations import ResidualRecorder
 from semalign.errors import SemalignError
 from semalign.objectives import (
     cross_entropy_loss,
+    interface_similarity,
     layer_cosine_loss,
     output_cosine_loss,
     relation_geometry_loss,
@@ -203,18 +204,22 @@ def steps_per_epoch(num_examples: int, config: TrainConfig) -> int:
 
 @torch.no_grad()
 def layer_alignment(model: PreTrainedModel | PeftModel, batches: Iterable[TrainingBatch], layers: list[int]) -> dict[int, dict]:
-    """Per trained layer: mean cos(Δh_k, target_k) over real tokens and 1 − relation-geometry loss."""
+    """Per trained layer: mean over batches of `interface_similarity(Δh_k, target_k)` ("cosine", "relation")."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    sums = {k: {"cosine": 0.0, "relation": 0.0, "batches": 0} for k in layers}
+    sums = {k: {"cosine": 0.0, "relation": 0.0} for k in layers}
+    count = 0
     for batch in batches:
         with ResidualRecorder(base, sorted(set(layers) | {k - 1 for k in layers})) as recorder:
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         for k in layers:
-            delta = recorder.states[k] - recorder.states[k - 1]
-            sums[k]["cosine"] += 1.0 - layer_cosine_loss(delta, batch.targets[k], batch.attention_mask).item()
-            sums[k]["relation"] += 1.0 - relation_geometry_loss(delta, batch.targets[k], batch.attention_mask).item()
-            sums[k]["batches"] += 1
-    return {k: {"cosine": s["cosine"] / s["batches"], "relation": s["relation"] / s["batches"]} for k, s in sums.items()}
+            similarity = interface_similarity(recorder.states[k] - recorder.states[k - 1], batch.targets[k],
+                                              batch.attention_mask)
+            for name, value in similarity.items():
+                sums[k][name] += value
+        count += 1
+    if not count:
+        raise SemalignError("layer alignment needs at least one held-out batch; raise the alignment split size")
+    return {k: {name: value / count for name, value in s.items()} for k, s in sums.items()}
 
 
 def save_adapter(model: PeftModel, out_dir: str | Path) -> None:
