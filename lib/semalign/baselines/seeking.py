@@ -121,8 +121,8 @@ def layer_totals(scores: dict[Site, torch.Tensor]) -> dict[int, float]:
 def select_layers(totals: dict[int, float], count: int) -> list[int]:
     """The `count` layers of largest total, in depth order."""
     if not 1 <= count <= len(totals):
-        raise SemalignError(f"seeking.num_layers {count} must be between 1 and the teacher's {len(totals)} layers "
-                            "(and at most the student's depth)")
+        raise SemalignError(f"num_layers {count} must be between 1 and the teacher's {len(totals)} layers (and at "
+                            "most the student's depth); fix seeking.num_layers or laten.num_layers")
     ranked = sorted(totals, key=lambda ell: -totals[ell])
     return sorted(ranked[:count])
 
