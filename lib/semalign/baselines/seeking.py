@@ -70,13 +70,14 @@ class SeekingConfig:
 @dataclass
 class Block:
     """The extracted sub-block of one teacher matrix: weight `[n_S, m_S]` at (row, col) of teacher layer
-    `teacher_layer`, with its total sensitivity."""
+    `teacher_layer`, with its total sensitivity and that total's share of the whole matrix's."""
 
     weight: torch.Tensor
     teacher_layer: int
     row: int
     col: int
     sensitivity: float
+    share: float
 
 
 def sensitivity(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
@@ -155,7 +156,8 @@ def extract_blocks(teacher: PreTrainedModel, scores: dict[Site, torch.Tensor], t
         for kind, (n, m) in shapes.items():
             row, col, total = best_block(scores[(ell, kind)], n, m)
             weight = linears[(ell, kind)].weight.detach()[row:row + n, col:col + m].float().clone()
-            blocks[(j, kind)] = Block(weight, ell, row, col, total)
+            matrix_total = float(scores[(ell, kind)].double().sum())
+            blocks[(j, kind)] = Block(weight, ell, row, col, total, total / matrix_total if matrix_total > 0 else 0.0)
     return blocks
 
 
