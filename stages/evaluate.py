@@ -1,8 +1,9 @@
 """Stage `evaluate@<task>-<variant>`: score one model on a task's evaluation split (paper §5.1).
 
-variant: `teacher`, `student`, or a method whose LoRA adapter is data/adapters/<task>/<method>/, merged
-into the student. Per-item results go to data/eval/<task>/<variant>.jsonl as each batch finishes, so a
-killed run resumes; the summary with its 95% interval goes to metrics/eval/<task>/<variant>.json.
+variant: `teacher`, `student`, or a method whose output is data/adapters/<task>/<method>/: a LoRA adapter
+merged into the student, or a student delta (delta.safetensors, the baselines) added to its weights.
+Per-item results go to data/eval/<task>/<variant>.jsonl as each batch finishes, so a killed run resumes;
+the summary with its 95% interval goes to metrics/eval/<task>/<variant>.json.
 """
 
 import argparse
@@ -14,6 +15,7 @@ import torch
 import yaml
 from peft import PeftModel
 
+from semalign.baselines.delta import DELTA_FILE, apply_delta, load_delta
 from semalign.config import build, write_json
 from semalign.data import load_split
 from semalign.embedded import sha256_of
@@ -25,16 +27,19 @@ BASE_MODELS = ("teacher", "student")
 
 
 def load_variant(task: str, variant: str, device: str):
-    """(model, tokenizer, sha256 over the weight files) of a base model or of the student + an adapter."""
+    """(model, tokenizer, sha256 over the weight files) of a base model or of the student + an adapter / a delta."""
     folders = [Path("data/models") / (variant if variant in BASE_MODELS else "student")]
     model, tokenizer = load_hf_dir(folders[0], device=device)
     if variant not in BASE_MODELS:
         adapter = Path("data/adapters") / task / variant
-        if not (adapter / "adapter_config.json").is_file():
+        if (adapter / DELTA_FILE).is_file():
+            model = apply_delta(model, load_delta(adapter)).eval()
+        elif not (adapter / "adapter_config.json").is_file():
             raise SemalignError(f"variant {variant!r} has no adapter at {adapter}; run the train stage that writes it "
                                 f"(`dvc repro train@{task}-{variant}`, or the baseline's stage, e.g. seeking@{task}) "
                                 "or evaluate teacher or student")
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+        else:
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
         folders.append(adapter)
     digest = hashlib.sha256()
     for folder in folders:

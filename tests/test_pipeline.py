@@ -1,5 +1,5 @@
-"""The DVC pipeline end to end on tiny models: `dvc repro` runs, and a student-only change reruns
-only student-side stages (the teacher cache and attribution are reused)."""
+"""The DVC pipeline end to end on tiny models: `dvc repro` runs (SemAlign and both baselines), and a
+student-only change reruns only student-side stages (the teacher cache, attribution and baselines are reused)."""
 
 import json
 import os
@@ -19,6 +19,7 @@ TEACHER_SIDE = {"materialize@teacher", "bases@teacher", "data@mmlu", "attribute@
 TRANSFER = {f"{stage}@mmlu-{objective}" for stage in ("train", "evaluate_transfer") for objective in ("v1", "sft")}
 STUDENT_SIDE = {"pair@mmlu", "align@mmlu", "table"} | TRANSFER
 EVALUATED = {"evaluate@mmlu-student", "evaluate@mmlu-teacher"}
+BASELINES = {"seeking@mmlu", "laten@mmlu", "evaluate_baseline@mmlu-seeking", "evaluate_baseline@mmlu-laten"}
 
 
 def mmlu_rows(count: int) -> str:
@@ -41,6 +42,8 @@ def tiny_params(models: Path, task_file: Path) -> dict:
     params["align"]["chunk_rows"] = 128
     params["train"].update(objectives=["v1", "sft"], epochs=1, batch_size=4, micro_batch_size=2)
     params["evaluate"].update(batch_size=4, limit={"mmlu": 4})
+    params["seeking"].update(lora_r=4, epochs=1, batch_size=4, micro_batch_size=2)
+    params["laten"].update(neuron_fraction=0.25, steps=2, batch_size=2)
     return params
 
 
@@ -74,14 +77,19 @@ def project(tmp_path_factory) -> Path:
 
 def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(project):
     first = ran_stages(run([sys.executable, "-m", "dvc", "repro"], project))
-    assert TEACHER_SIDE | STUDENT_SIDE | EVALUATED <= first
+    assert TEACHER_SIDE | STUDENT_SIDE | EVALUATED | BASELINES <= first
     assert (project / "data/cache/mmlu/training.zarr/manifest.json").is_file()
     assert (project / "data/targets/mmlu/training.zarr/manifest.json").is_file()
     assert all((project / f"data/adapters/mmlu/{o}/adapter_model.safetensors").is_file() for o in ("v1", "sft"))
     metrics = json.loads((project / "metrics/align/mmlu.json").read_text())
     assert set(metrics["fidelity_mean_over_layers"]["teacher"]) == {"head", "head_normed", "input", "random"}
     table = json.loads((project / "metrics/table.json").read_text())
-    assert {"student", "teacher", "v1", "sft"} <= set(table["variants"])
+    assert {"student", "teacher", "v1", "sft", "seeking", "laten"} <= set(table["variants"])
+    for method in ("seeking", "laten"):
+        assert (project / f"data/adapters/mmlu/{method}/delta.safetensors").is_file()
+        layers = json.loads((project / f"metrics/{method}/mmlu.json").read_text())["teacher_layers"]
+        assert len(layers) == 3 and layers == sorted(set(layers)) and set(layers) <= {1, 2, 3, 4}  # student depth 3
+        assert table["rows"][method]["mmlu"]["n"] == 4
 
     held_out = metrics["held_out"]
     assert set(held_out["mean_all_layers"]) == {"semantic", "ridge", "procrustes", "random"}
@@ -98,7 +106,7 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(proj
         (project / "params.yaml").write_text(yaml.safe_dump(params))
         output = run([sys.executable, "-m", "dvc", "repro"], project)
         assert ran_stages(output) == expected, output
-        for stage in TEACHER_SIDE | EVALUATED | (TRANSFER if key == "train" else set()):
+        for stage in TEACHER_SIDE | EVALUATED | BASELINES | (TRANSFER if key == "train" else set()):
             assert f"Stage '{stage}' didn't change, skipping" in output
     assert (project / "data/adapters/mmlu/v2/adapter_model.safetensors").is_file()
 
@@ -118,6 +126,9 @@ def test_student_side_stages_never_depend_on_teacher_weights():
     for name in ("pair", "fold", "align", "train", "evaluate_transfer"):
         deps = stages[name].get("do", stages[name])["deps"]
         assert "data/models/teacher" not in deps, f"{name} must not load the teacher's weights"
+    for name in ("seeking", "laten"):  # the baselines move parameters: they must say they read the teacher
+        deps = stages[name]["do"]["deps"]
+        assert {"data/models/teacher", "data/models/student"} <= set(deps), name
     for name in ("data", "attribute", "cache"):
         params = stages[name]["do"]["params"]
         assert not any(str(p).startswith(("models.student", "pair", "align", "train")) for p in params), name
