@@ -1,7 +1,8 @@
 """Stage `data@<task>`: load the task's local file, split it deterministically, tokenise every split.
 
 Tokenises with the teacher's tokenizer so that no teacher-side stage depends on the student; the
-student-side stages check that the student's vocabulary is the same.
+student-side stages check that the student's vocabulary is the same. An evaluation-only task (sizes
+only for `evaluation`) gets its other splits written empty, and its metrics say it is evaluation-only.
 """
 
 import argparse
@@ -33,9 +34,11 @@ def main() -> None:
     }
     write_json(
         Path("metrics/data") / f"{args.task}.json",
-        {"source": str(loaded.source), "items": len(loaded.items), "skipped": loaded.skipped, "splits": summaries},
+        {"source": str(loaded.source), "items": len(loaded.items), "skipped": loaded.skipped,
+         "evaluation_only": sizes.evaluation_only, "splits": summaries},
     )
-    print(f"data {args.task}: " + ", ".join(f"{name} {s['examples']}" for name, s in summaries.items()))
+    print(f"data {args.task}{' (evaluation only)' if sizes.evaluation_only else ''}: "
+          + ", ".join(f"{name} {s['examples']}" for name, s in summaries.items()))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,13 @@
 
 import json
 import random
+import runpy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from semalign.data import (
     DataConfig,
@@ -22,6 +26,9 @@ from semalign.data import (
 from semalign.errors import SemalignError
 from semalign.tasks import TaskItem
 from semalign.tiny import tiny_tokenizer
+
+FIXTURES = Path(__file__).parent / "fixtures"
+STAGES = Path(__file__).parents[1] / "stages"
 
 
 def _math_items(n: int) -> list[TaskItem]:
@@ -182,3 +189,58 @@ def test_save_load_round_trip_and_tamper_check(tmp_path):
         load_split(tmp_path, "training")
     with pytest.raises(SemalignError, match="'evaluation' is missing"):
         load_split(tmp_path, "evaluation")
+
+
+# Evaluation-only tasks
+
+def test_a_task_with_only_an_evaluation_size_is_evaluation_only():
+    config = DataConfig(tasks={"asdiv": {"evaluation": 3},
+                               "mmlu": {"evaluation": 2, "attribution": 1, "alignment": 1, "training": 1},
+                               "gsm8k": {"evaluation": 2, "training": 1}})
+    assert config.tasks["asdiv"] == TaskConfig(evaluation=3) and config.tasks["asdiv"].evaluation_only
+    assert not config.tasks["mmlu"].evaluation_only
+    assert not config.tasks["gsm8k"].evaluation_only  # any transfer split makes it a transfer task
+    splits = split_items(_math_items(10), config.tasks["asdiv"], seed=0)
+    assert {name: len(part) for name, part in splits.items()} == {
+        "evaluation": 3, "attribution": 0, "alignment": 0, "training": 0}
+    # The evaluation items are those a full-sized split of the same task would evaluate on.
+    full = split_items(_math_items(10), TaskConfig(evaluation=3, attribution=2, alignment=2, training=2), seed=0)
+    assert _ids(splits)["evaluation"] == _ids(full)["evaluation"]
+
+
+def test_empty_splits_are_written_but_refused_when_loaded(tmp_path):
+    tok = tiny_tokenizer()
+    folder = tmp_path / "asdiv"
+    splits = split_items(_math_items(5), TaskConfig(evaluation=2), seed=0)
+    for name, items in splits.items():
+        save_split(folder, name, encode(items, tok, 32, True), items)
+    assert sorted(path.name for path in folder.iterdir()) == sorted(splits)
+    _, items = load_split(folder, "evaluation")
+    assert [item.item_id for item in items] == _ids(splits)["evaluation"]
+    for name in ("attribution", "alignment", "training"):
+        with pytest.raises(SemalignError, match=rf"'{name}' of asdiv is empty: data.tasks.asdiv.{name} is 0; "
+                                                 r".*remove asdiv from transfer.tasks"):
+            load_split(folder, name)
+    save_split(tmp_path / "mmlu", "evaluation", encode([], tok, 32, True), [])
+    with pytest.raises(SemalignError, match=r"data.tasks.mmlu.evaluation is 0; set it > 0 to evaluate mmlu"):
+        load_split(tmp_path / "mmlu", "evaluation")
+    with pytest.raises(SemalignError, match=r"missing from .*gsm8k; list gsm8k under data.tasks"):
+        load_split(tmp_path / "gsm8k", "training")
+
+
+def test_data_stage_writes_an_evaluation_only_task(tmp_path, monkeypatch):
+    tiny_tokenizer().save_pretrained(tmp_path / "data/models/teacher")
+    params = {"data": {"max_length": 48, "seed": 0, "chat_template": True,
+                       "tasks": {"asdiv": {"path": str(FIXTURES / "asdiv.jsonl"), "evaluation": 3},
+                                 "mmlu": {"evaluation": 10 ** 6}}}}  # other tasks are not read
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["data.py", "--task", "asdiv"])
+    runpy.run_path(str(STAGES / "data.py"), run_name="__main__")
+    metrics = json.loads((tmp_path / "metrics/data/asdiv.json").read_text())
+    assert metrics["evaluation_only"] is True
+    assert metrics["items"] == 4 and sum(metrics["skipped"].values()) == 2  # "Mrs. Hilt", "3:30 p.m."
+    assert {name: s["examples"] for name, s in metrics["splits"].items()} == {
+        "evaluation": 3, "attribution": 0, "alignment": 0, "training": 0}
+    encoded, items = load_split(tmp_path / "data/tasks/asdiv", "evaluation")
+    assert encoded.input_ids.shape == (3, 48) and {item.task for item in items} == {"asdiv"}

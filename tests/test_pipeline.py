@@ -1,5 +1,6 @@
-"""The DVC pipeline end to end on tiny models: `dvc repro` runs (SemAlign and both baselines), and a
-student-only change reruns only student-side stages (the teacher cache, attribution and baselines are reused)."""
+"""The DVC pipeline end to end on tiny models: `dvc repro` runs (SemAlign and both baselines), a
+student-only change reruns only student-side stages (the teacher cache, attribution and baselines are reused),
+and an evaluation-only task (asdiv) is tokenised and scored by teacher and student but never transferred on."""
 
 import json
 import os
@@ -20,6 +21,7 @@ TRANSFER = {f"{stage}@mmlu-{objective}" for stage in ("train", "evaluate_transfe
 STUDENT_SIDE = {"pair@mmlu", "align@mmlu", "table"} | TRANSFER
 EVALUATED = {"evaluate@mmlu-student", "evaluate@mmlu-teacher"}
 BASELINES = {"seeking@mmlu", "laten@mmlu", "evaluate_baseline@mmlu-seeking", "evaluate_baseline@mmlu-laten"}
+EVALUATION_ONLY = {"data@asdiv", "evaluate@asdiv-student", "evaluate@asdiv-teacher"}  # every asdiv stage
 
 
 def mmlu_rows(count: int) -> str:
@@ -32,16 +34,18 @@ def mmlu_rows(count: int) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
-def tiny_params(models: Path, task_file: Path) -> dict:
+def tiny_params(models: Path, task_file: Path, eval_only_file: Path) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["models"] = {role: {"source": "hf_dir", "path": str(models / role)} for role in ("teacher", "student")}
     params["bases"]["chunk_rows"] = 128
     params["data"].update(max_length=64, tasks={"mmlu": {"path": str(task_file), "evaluation": 4, "attribution": 4,
-                                                          "alignment": 4, "training": 6}})
+                                                          "alignment": 4, "training": 6},
+                                                 "asdiv": {"path": str(eval_only_file), "evaluation": 3}})
+    params["transfer"] = {"tasks": ["mmlu"]}
     params["cache"].update(top_k=4, batch_size=2)
     params["align"]["chunk_rows"] = 128
     params["train"].update(objectives=["v1", "sft"], epochs=1, batch_size=4, micro_batch_size=2)
-    params["evaluate"].update(batch_size=4, limit={"mmlu": 4})
+    params["evaluate"].update(batch_size=4, limit={"mmlu": 4, "asdiv": 2}, max_new_tokens={"asdiv": 8})
     params["seeking"].update(lora_r=4, epochs=1, batch_size=4, micro_batch_size=2)
     params["laten"].update(neuron_fraction=0.25, steps=2, batch_size=2)
     return params
@@ -69,7 +73,9 @@ def project(tmp_path_factory) -> Path:
     save_hf_dir(tiny_model("qwen2", seed=2, num_layers=3, hidden_size=32, num_heads=4, num_kv_heads=2,
                            intermediate_size=64), tokenizer, repo / "models" / "student")
     (repo / "mmlu.jsonl").write_text(mmlu_rows(24))
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(repo / "models", repo / "mmlu.jsonl")))
+    shutil.copy(ROOT / "tests/fixtures/asdiv.jsonl", repo / "asdiv.jsonl")  # 4 usable items
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(repo / "models", repo / "mmlu.jsonl",
+                                                                 repo / "asdiv.jsonl")))
     run(["git", "init", "-q"], repo)
     run([sys.executable, "-m", "dvc", "init", "-q"], repo)
     return repo
@@ -77,7 +83,12 @@ def project(tmp_path_factory) -> Path:
 
 def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(project):
     first = ran_stages(run([sys.executable, "-m", "dvc", "repro"], project))
-    assert TEACHER_SIDE | STUDENT_SIDE | EVALUATED | BASELINES <= first
+    assert TEACHER_SIDE | STUDENT_SIDE | EVALUATED | BASELINES | EVALUATION_ONLY <= first
+    stages = set(run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], project).split())
+    assert {stage for stage in stages if "asdiv" in stage} == EVALUATION_ONLY  # no transfer stage for asdiv
+    assert not any("asdiv" in stage for stage in first - EVALUATION_ONLY)
+    assert json.loads((project / "metrics/data/asdiv.json").read_text())["evaluation_only"] is True
+    assert json.loads((project / "metrics/eval/asdiv/teacher.json").read_text())["n"] == 2
     assert (project / "data/cache/mmlu/training.zarr/manifest.json").is_file()
     assert (project / "data/targets/mmlu/training.zarr/manifest.json").is_file()
     assert all((project / f"data/adapters/mmlu/{o}/adapter_model.safetensors").is_file() for o in ("v1", "sft"))
@@ -90,6 +101,9 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(proj
         layers = json.loads((project / f"metrics/{method}/mmlu.json").read_text())["teacher_layers"]
         assert len(layers) == 3 and layers == sorted(set(layers)) and set(layers) <= {1, 2, 3, 4}  # student depth 3
         assert table["rows"][method]["mmlu"]["n"] == 4
+    assert table["tasks"] == ["mmlu", "asdiv"]
+    assert set(table["rows"]["teacher"]) == {"mmlu", "asdiv"} and set(table["rows"]["v1"]) == {"mmlu"}
+    assert "asdiv" not in table["gap_closed"]["v1"]
 
     held_out = metrics["held_out"]
     assert set(held_out["mean_all_layers"]) == {"semantic", "ridge", "procrustes", "random"}
@@ -106,7 +120,7 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(proj
         (project / "params.yaml").write_text(yaml.safe_dump(params))
         output = run([sys.executable, "-m", "dvc", "repro"], project)
         assert ran_stages(output) == expected, output
-        for stage in TEACHER_SIDE | EVALUATED | BASELINES | (TRANSFER if key == "train" else set()):
+        for stage in TEACHER_SIDE | EVALUATED | BASELINES | EVALUATION_ONLY | (TRANSFER if key == "train" else set()):
             assert f"Stage '{stage}' didn't change, skipping" in output
     assert (project / "data/adapters/mmlu/v2/adapter_model.safetensors").is_file()
 
@@ -132,3 +146,19 @@ def test_student_side_stages_never_depend_on_teacher_weights():
     for name in ("data", "attribute", "cache"):
         params = stages[name]["do"]["params"]
         assert not any(str(p).startswith(("models.student", "pair", "align", "train")) for p in params), name
+
+
+def test_transfer_stages_run_on_transfer_tasks_and_data_and_evaluation_on_every_task():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in ("attribute", "cache", "pair", "align", "seeking", "laten"):
+        assert stages[name]["foreach"] == "${transfer.tasks}", name
+    for name in ("train", "evaluate_transfer", "evaluate_baseline"):
+        assert stages[name]["matrix"]["task"] == "${transfer.tasks}", name
+    assert stages["data"]["foreach"] == "${data.tasks}"
+    assert stages["evaluate"]["matrix"]["task"] == "${data.tasks}"
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    tasks = params["data"]["tasks"]
+    for task in params["transfer"]["tasks"]:  # every transfer task has the splits its stages read
+        assert all(tasks[task].get(split, 0) > 0 for split in ("attribution", "alignment", "training")), task
+    assert {"asdiv", "humaneval"} <= set(tasks) - set(params["transfer"]["tasks"])
+    assert set(params["evaluate"]["limit"]) >= set(tasks)  # each evaluated task has its size chosen

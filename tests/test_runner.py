@@ -294,6 +294,39 @@ def test_config_rejects_greedy_samples_and_unknown_tasks():
         EvalConfig(batch_size=0)
 
 
+def test_per_task_budgets_reach_generation_and_keep_the_other_tasks_results(monkeypatch, tmp_path):
+    budgets = []
+
+    def complete(model, tokenizer, prompts, add_special_tokens, max_new_tokens, stop_ids, *args):
+        budgets.append(max_new_tokens)
+        return [[_asdiv_answer(prompt, 0)] for prompt in prompts]
+
+    monkeypatch.setattr(generation, "complete", complete)
+    items, path = _math_items(3), tmp_path / "asdiv.jsonl"
+    config = EvalConfig(batch_size=4, max_new_tokens={"asdiv": 7, "humaneval": 300}, chat_template=False)
+    assert config.new_tokens("asdiv") == 7 and EvalConfig(max_new_tokens=9).new_tokens("mbpp") == 9
+    evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, path)
+    assert budgets == [7]
+    assert json.loads(path.read_text().splitlines()[0])["identity"]["settings"]["max_new_tokens"] == 7
+    other_code_budget = EvalConfig(batch_size=4, max_new_tokens={"asdiv": 7, "humaneval": 99}, chat_template=False)
+    evaluate_task(None, tiny_tokenizer(), "asdiv", items, other_code_budget, path)
+    assert budgets == [7]  # resumed: HumanEval's budget does not decide ASDiv's results
+    same_as_one_number = EvalConfig(batch_size=4, max_new_tokens=7, chat_template=False)
+    evaluate_task(None, tiny_tokenizer(), "asdiv", items, same_as_one_number, path)
+    assert budgets == [7]
+    evaluate_task(None, tiny_tokenizer(), "asdiv", items, EvalConfig(max_new_tokens={"asdiv": 8},
+                                                                      chat_template=False), path)
+    assert budgets == [7, 8]
+    with pytest.raises(SemalignError, match="no entry for mbpp; add mbpp"):
+        config.new_tokens("mbpp")
+    with pytest.raises(SemalignError, match=r"evaluate.max_new_tokens.humaneval is 0; use an integer >= 1"):
+        EvalConfig(max_new_tokens={"humaneval": 0})
+    with pytest.raises(SemalignError, match=r"evaluate.max_new_tokens has unknown task 'asdiv2'"):
+        EvalConfig(max_new_tokens={"asdiv2": 5})
+    with pytest.raises(SemalignError, match=r"evaluate.max_new_tokens is '512'"):
+        EvalConfig(max_new_tokens="512")
+
+
 # Summaries
 
 def _results(correct, prefix="t"):
@@ -349,6 +382,25 @@ def test_table_orders_rows_computes_gap_closed_and_pairs_methods_with_the_studen
     gaps = build_table({"student": {"mmlu": _summary(0.4)}, "teacher": {"mmlu": _summary(0.4)},
                         "m": {"mmlu": _summary(0.5)}})
     assert gaps["gap_closed"] == {"m": {"mmlu": None}}
+
+
+def test_an_evaluation_only_task_has_base_rows_and_no_method_cells():
+    summaries = {"student": {"mmlu": _summary(0.4), "asdiv": _summary(0.2, n=30), "humaneval": _summary(0.1, n=10)},
+                 "teacher": {"mmlu": _summary(0.8), "asdiv": _summary(0.5, n=30), "humaneval": _summary(0.3, n=10)},
+                 "v1": {"mmlu": _summary(0.6)}}
+    results = {"student": {"mmlu": _results([1, 0]), "asdiv": _results([1, 0], prefix="a")},
+               "v1": {"mmlu": _results([1, 1])}}
+    table = build_table(summaries, results)
+    assert table["tasks"] == ["mmlu", "asdiv", "humaneval"]
+    assert table["gap_closed"] == {"v1": {"mmlu": pytest.approx(0.5)}}
+    assert set(table["paired_vs_student"]["v1"]) == {"mmlu"}
+    assert table["rows"]["v1"] == {"mmlu": {"accuracy": 0.6, "ci_low": pytest.approx(0.5),
+                                            "ci_high": pytest.approx(0.7), "n": 100}}
+    lines = render_markdown(table).splitlines()
+    assert "| teacher | 0.800 [0.700, 0.900] (100) | 0.500 [0.400, 0.600] (30) | 0.300 [0.200, 0.400] (10) |" in lines
+    assert "| v1 | 0.600 [0.500, 0.700] (100) | — | — |" in lines
+    assert "| v1 | 0.50 | — | — |" in lines  # gap closed: only where v1 ran
+    assert [line for line in lines if line.startswith("| v1 | ") and "asdiv" in line] == []
 
 
 # Stages

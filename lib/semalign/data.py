@@ -3,7 +3,9 @@
 Splits: a task's items are sorted by `item_id` and permuted with a seeded numpy Generator; evaluation
 takes the first slice of the permutation, then attribution, alignment and training follow in that order.
 So the evaluation set depends only on the seed and its own size, and never changes when a later split
-grows or shrinks.
+grows or shrinks. A task with only an evaluation split (attribution = alignment = training = 0) is
+evaluation-only: it is scored, never transferred on. Its empty splits are still written (0 rows), so every
+task's folder has the same layout, and `load_split` refuses to hand an empty split to a stage.
 
 Tokenisation: prompt and target are tokenised separately and concatenated, so the answer mask ends
 exactly at the target's first token. The target closes with the chat template's end of turn (chat mode)
@@ -37,13 +39,19 @@ _SENTINEL = "@@semalign-target@@"
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """One entry of `data.tasks`: the local file (None: the packaged default) and items per split."""
+    """One entry of `data.tasks`: the local file (None: the packaged default) and items per split.
+    Sizes left out are 0; a task with only `evaluation` is evaluation-only."""
 
     path: str | None = None
     evaluation: int = 0
     attribution: int = 0
     alignment: int = 0
     training: int = 0
+
+    @property
+    def evaluation_only(self) -> bool:
+        """True when no split but evaluation has items: the task is scored, never transferred on."""
+        return self.attribution == self.alignment == self.training == 0
 
 
 @dataclass
@@ -234,11 +242,22 @@ def save_split(directory: str | Path, name: str, encoded: Encoded, items: Sequen
 
 
 def load_split(directory: str | Path, name: str) -> tuple[Encoded, list[TaskItem]]:
-    """Read back what `save_split` wrote, checking the tensors against the recorded fingerprint."""
+    """Read back what `save_split` wrote, checking the tensors against the recorded fingerprint.
+
+    directory: a task's folder, data/tasks/<task>; its name is the task's name in the error messages.
+    Every reader needs items, so an empty split (size 0, e.g. the training split of an evaluation-only
+    task) is refused with the params to change.
+    """
     folder = Path(directory) / name
+    task = Path(directory).name
     if not (folder / "summary.json").is_file():
-        raise SemalignError(f"split {name!r} is missing from {Path(directory)}; run `dvc repro` to write it")
+        raise SemalignError(f"split {name!r} is missing from {Path(directory)}; list {task} under data.tasks "
+                            "and run `dvc repro` to write it")
     summary = json.loads((folder / "summary.json").read_text())
+    if summary["examples"] == 0:
+        fix = (f"set it > 0 to evaluate {task}" if name == "evaluation" else
+               f"a transfer stage needs it: set it > 0, or remove {task} from transfer.tasks (evaluation only)")
+        raise SemalignError(f"split {name!r} of {task} is empty: data.tasks.{task}.{name} is 0; {fix}")
     tensors = load_file(str(folder / "tensors.safetensors"))
     if data_fingerprint(tensors) != summary["fingerprint"]:
         raise SemalignError(f"split {name!r} in {Path(directory)} changed after it was written; rerun `dvc repro`")

@@ -58,7 +58,8 @@ _MMLU_PROBE = TaskItem("mmlu", "probe", "?", "A", ("", "", "", ""))
 class EvalConfig:
     """The `evaluate` section.
 
-    batch_size: prompts per forward pass or generate call. max_new_tokens: completion budget (math, code).
+    batch_size: prompts per forward pass or generate call. max_new_tokens: completion budget (math, code), one
+    number or one per task ({"asdiv": 256, "humaneval": 384}: a math answer is shorter than a program).
     timeout_s: wall-clock limit per program in the sandbox. n_samples, temperature: completions per code
     problem and their sampling temperature (1 and 0: greedy pass@1; n > 1 needs temperature > 0 and adds
     pass@k); math is always greedy. limit: items per task, the first ones of the evaluation split ({"mmlu": 300}; a missing task
@@ -67,7 +68,7 @@ class EvalConfig:
     """
 
     batch_size: int = 8
-    max_new_tokens: int = 512
+    max_new_tokens: int | dict[str, int] = 512
     timeout_s: float = 10.0
     n_samples: int = 1
     temperature: float = 0.0
@@ -77,9 +78,16 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("batch_size", "max_new_tokens", "n_samples", "workers"):
+        for name in ("batch_size", "n_samples", "workers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise SemalignError(f"evaluate.{name} is {getattr(self, name)!r}; use an integer >= 1")
+        budgets = self.max_new_tokens if isinstance(self.max_new_tokens, dict) else {None: self.max_new_tokens}
+        for task, count in budgets.items():
+            name = "evaluate.max_new_tokens" + (f".{task}" if task else "")
+            if task is not None and task not in TASKS:
+                raise SemalignError(f"evaluate.max_new_tokens has unknown task {task!r}; known tasks are {list(TASKS)}")
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise SemalignError(f"{name} is {count!r}; use an integer >= 1")
         if not self.timeout_s > 0:
             raise SemalignError(f"evaluate.timeout_s is {self.timeout_s!r}; use a number of seconds > 0")
         if not self.temperature >= 0:
@@ -92,6 +100,16 @@ class EvalConfig:
                 raise SemalignError(f"evaluate.limit has unknown task {task!r}; known tasks are {list(TASKS)}")
             if count is not None and (not isinstance(count, int) or count < 1):
                 raise SemalignError(f"evaluate.limit.{task} is {count!r}; use an integer >= 1 or null for all")
+
+
+    def new_tokens(self, task: str) -> int:
+        """The completion budget of `task`: max_new_tokens, or its entry when given per task."""
+        if not isinstance(self.max_new_tokens, dict):
+            return self.max_new_tokens
+        if task not in self.max_new_tokens:
+            raise SemalignError(f"evaluate.max_new_tokens has no entry for {task}; add {task}: <tokens> to it "
+                                "or give one number for every task")
+        return self.max_new_tokens[task]
 
 
 @dataclass(frozen=True)
@@ -222,7 +240,9 @@ def evaluate_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ta
         raise SemalignError(f"evaluate_task({task!r}) got items of task(s) {wrong}; pass that task's evaluation split")
     limit = (config.limit or {}).get(task)
     items = list(items)[:limit]
-    settings = {key: getattr(config, key) for key in _RESULT_SETTINGS[task]}
+    # The task's own budget, so that changing another task's budget keeps this task's results valid.
+    settings = {key: config.new_tokens(task) if key == "max_new_tokens" else getattr(config, key)
+                for key in _RESULT_SETTINGS[task]}
     header = _jsonable({"task": task, "settings": settings, **(identity or {})})
     path = Path(results_path)
     done = _resume(path, header)
@@ -236,10 +256,10 @@ def evaluate_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ta
         if task == "mmlu":
             score_mmlu(model, tokenizer, pending, config.chat_template, config.batch_size, append)
         elif task in MATH_TASKS:
-            score_math(model, tokenizer, pending, config.chat_template, config.batch_size, config.max_new_tokens,
+            score_math(model, tokenizer, pending, config.chat_template, config.batch_size, config.new_tokens(task),
                        append)
         else:
-            score_code(model, tokenizer, pending, config.chat_template, config.batch_size, config.max_new_tokens,
+            score_code(model, tokenizer, pending, config.chat_template, config.batch_size, config.new_tokens(task),
                        config.timeout_s, config.n_samples, config.temperature, config.workers, append)
     return [done[item.item_id] for item in items]
 
@@ -255,7 +275,7 @@ def protocol(tokenizer: PreTrainedTokenizerBase, task: str, items: Sequence, con
         return described | {"answer": "argmax next-token log-prob over the letters",
                             "answer_tokens": [tokenizer.decode([i]) for i in ids], "answer_token_ids": ids}
     stops = [] if config.chat_template else list(PLAIN_STOPS[task])
-    decoding = {"max_new_tokens": config.max_new_tokens, "stop_strings": stops, "do_sample": False,
+    decoding = {"max_new_tokens": config.new_tokens(task), "stop_strings": stops, "do_sample": False,
                 "repetition_penalty": 1.0}
     if task in MATH_TASKS:
         return described | {"answer": "final number of the completion", "decoding": decoding}
