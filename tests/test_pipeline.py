@@ -16,7 +16,7 @@ from semalign.tiny import tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_SIDE = {"materialize@teacher", "bases@teacher", "data@mmlu", "attribute@mmlu", "cache@mmlu"}
-STUDENT_SIDE = {"pair@mmlu", "align@mmlu", "train@mmlu", "evaluate_transfer@mmlu", "table"}
+STUDENT_SIDE = {"pair@mmlu", "align@mmlu", "train@mmlu", "evaluate_transfer@mmlu", "table", "cka@mmlu", "report"}
 EVALUATED = {"evaluate@mmlu-student", "evaluate@mmlu-teacher"}
 
 
@@ -81,13 +81,19 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(proj
     assert set(metrics["fidelity_mean_over_layers"]["teacher"]) == {"head", "head_normed", "input", "random"}
     table = json.loads((project / "metrics/table.json").read_text())
     assert {"student", "teacher", "v1"} <= set(table["variants"])
+    cka = json.loads((project / "metrics/cka/mmlu.json").read_text())
+    assert cka["depth_map"] == [1, 2, 4] and len(cka["after_aligned"]["best_teacher_layer"]) == 3
+    html = (project / "report/index.html").read_text()
+    assert html.count("data:image/png;base64,") == len(list((project / "plots").rglob("*.png"))) >= 6
+    assert "plots/cka/mmlu.png" in html and (project / "report/README.md").is_file()
 
     for key, value in (("pair", {"mode": "v2"}), ("train", {"objective": "v2"})):
         params = yaml.safe_load((project / "params.yaml").read_text())
         params[key].update(value)
         (project / "params.yaml").write_text(yaml.safe_dump(params))
         output = run([sys.executable, "-m", "dvc", "repro"], project)
-        expected = STUDENT_SIDE if key == "pair" else {"train@mmlu", "evaluate_transfer@mmlu", "table"}
+        expected = STUDENT_SIDE if key == "pair" else {"train@mmlu", "evaluate_transfer@mmlu", "table", "cka@mmlu",
+                                                       "report"}
         assert ran_stages(output) == expected, output
         for stage in TEACHER_SIDE | EVALUATED:
             assert f"Stage '{stage}' didn't change, skipping" in output
@@ -106,7 +112,7 @@ def test_training_runs_with_the_teacher_weights_gone(project):
 
 def test_student_side_stages_never_depend_on_teacher_weights():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name in ("pair", "fold", "align", "train", "evaluate_transfer"):
+    for name in ("pair", "fold", "align", "train", "evaluate_transfer", "cka"):
         deps = stages[name].get("do", stages[name])["deps"]
         assert "data/models/teacher" not in deps, f"{name} must not load the teacher's weights"
     for name in ("data", "attribute", "cache"):
