@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from semalign.errors import SemalignError
 from semalign.progress import progress
@@ -162,6 +163,8 @@ def plot_heatmaps(matrices: dict[str, torch.Tensor], path: str | Path, title: st
         ax.set_title(name, fontsize="medium")
         ax.set_xlabel("student layer")
         ax.set_ylabel("teacher layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in list(axes.flat)[len(matrices):]:
         ax.set_visible(False)
     fig.colorbar(image, ax=axes, label="linear CKA", shrink=0.9)

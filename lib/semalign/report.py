@@ -111,9 +111,6 @@ def build_sections(root: str | Path, params: Mapping[str, Any]) -> list[Section]
     models = params.get("models", {})
     sections = [Section("Models", [Block(headers=["role", "source"], rows=[
         [role, ", ".join(f"{k}: {v}" for k, v in spec.items())] for role, spec in models.items()])])]
-    sections.append(Section("Parameters of the run", [
-        Block(text=f"`{name}`", code=yaml.safe_dump(section, sort_keys=False).strip())
-        for name, section in params.items() if name != "models"]))
 
     results = Section("Results (this run)")
     table_path = root / "metrics/table.json"
@@ -133,6 +130,10 @@ def build_sections(root: str | Path, params: Mapping[str, Any]) -> list[Section]
     plots = sorted((root / "plots").rglob("*.png")) if (root / "plots").is_dir() else []
     sections.append(Section("Plots", [Block(text=f"`{png.relative_to(root).as_posix()}`",
                                             image=png.relative_to(root).as_posix()) for png in plots]))
+
+    sections.append(Section("Parameters of the run", [
+        Block(text=f"`{name}`", code=yaml.safe_dump(section, sort_keys=False).strip())
+        for name, section in params.items() if name != "models"]))
 
     timings = stage_seconds(root / "metrics") if (root / "metrics").is_dir() else []
     sections.append(Section("Wall time per stage", [Block(
