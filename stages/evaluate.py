@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from peft import PeftModel
 
 from semalign.baselines.delta import DELTA_FILE, apply_delta, load_delta
 from semalign.config import build, write_json
@@ -21,7 +20,7 @@ from semalign.data import load_split
 from semalign.embedded import sha256_of
 from semalign.errors import SemalignError
 from semalign.evaluation.runner import EvalConfig, evaluate_task, protocol, summarise_results
-from semalign.models import load_hf_dir
+from semalign.models import load_hf_dir, merge_adapter
 
 BASE_MODELS = ("teacher", "student")
 
@@ -32,14 +31,8 @@ def load_variant(task: str, variant: str, device: str):
     model, tokenizer = load_hf_dir(folders[0], device=device)
     if variant not in BASE_MODELS:
         adapter = Path("data/adapters") / task / variant
-        if (adapter / DELTA_FILE).is_file():
-            model = apply_delta(model, load_delta(adapter)).eval()
-        elif not (adapter / "adapter_config.json").is_file():
-            raise SemalignError(f"variant {variant!r} has no adapter at {adapter}; run the train stage that writes it "
-                                f"(`dvc repro train@{task}-{variant}`, or the baseline's stage, e.g. seeking@{task}) "
-                                "or evaluate teacher or student")
-        else:
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+        model = apply_delta(model, load_delta(adapter)).eval() if (adapter / DELTA_FILE).is_file() \
+            else merge_adapter(model, adapter)
         folders.append(adapter)
     digest = hashlib.sha256()
     for folder in folders:

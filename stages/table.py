@@ -1,4 +1,4 @@
-"""Stage `table`: every metrics/eval/<task>/<variant>.json present -> metrics/table.json and reports/table.md
+"""Stage `table`: every metrics/eval/<task>/<variant>.json present -> metrics/table.json and report/table.md
 (paper Table 1: rows student, teacher, methods; columns tasks), with the gap each method closes and its
 paired test against the student from the per-item results in data/eval/."""
 
@@ -21,8 +21,8 @@ def main() -> None:
     table = build_table(summaries, results)
 
     write_json(Path("metrics/table.json"), table)
-    Path("reports").mkdir(exist_ok=True)
-    Path("reports/table.md").write_text(render_markdown(table))
+    Path("report").mkdir(exist_ok=True)
+    Path("report/table.md").write_text(render_markdown(table))
     print(f"table: {len(table['variants'])} variants x {len(table['tasks'])} tasks")
 
 

@@ -18,7 +18,7 @@ from semalign.tiny import tiny_model, tiny_tokenizer
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_SIDE = {"materialize@teacher", "bases@teacher", "data@mmlu", "attribute@mmlu", "cache@mmlu"}
 TRANSFER = {f"{stage}@mmlu-{objective}" for stage in ("train", "evaluate_transfer") for objective in ("v1", "sft")}
-STUDENT_SIDE = {"pair@mmlu", "align@mmlu", "table"} | TRANSFER
+STUDENT_SIDE = {"pair@mmlu", "align@mmlu", "table", "cka@mmlu", "report"} | TRANSFER
 EVALUATED = {"evaluate@mmlu-student", "evaluate@mmlu-teacher"}
 BASELINES = {"seeking@mmlu", "laten@mmlu", "evaluate_baseline@mmlu-seeking", "evaluate_baseline@mmlu-laten"}
 EVALUATION_ONLY = {"data@asdiv", "evaluate@asdiv-student", "evaluate@asdiv-teacher"}  # every asdiv stage
@@ -104,6 +104,11 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(proj
     assert table["tasks"] == ["mmlu", "asdiv"]
     assert set(table["rows"]["teacher"]) == {"mmlu", "asdiv"} and set(table["rows"]["v1"]) == {"mmlu"}
     assert "asdiv" not in table["gap_closed"]["v1"]
+    cka = json.loads((project / "metrics/cka/mmlu.json").read_text())
+    assert cka["depth_map"] == [1, 2, 4] and len(cka["v1_aligned"]["best_teacher_layer"]) == 3
+    html = (project / "report/index.html").read_text()
+    assert html.count("data:image/png;base64,") == len(list((project / "plots").rglob("*.png"))) >= 6
+    assert "plots/cka/mmlu.png" in html and (project / "report/README.md").is_file()
 
     held_out = metrics["held_out"]
     assert set(held_out["mean_all_layers"]) == {"semantic", "ridge", "procrustes", "random"}
@@ -113,7 +118,8 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(proj
     changes = {"pair": ({"mode": "v2"}, STUDENT_SIDE),
                "align": ({"map": "ridge"}, STUDENT_SIDE - {"pair@mmlu"}),
                # adding an objective trains and evaluates only the new one
-               "train": ({"objectives": ["v1", "sft", "v2"]}, {"train@mmlu-v2", "evaluate_transfer@mmlu-v2", "table"})}
+               "train": ({"objectives": ["v1", "sft", "v2"]},
+                         {"train@mmlu-v2", "evaluate_transfer@mmlu-v2", "table", "cka@mmlu", "report"})}
     for key, (value, expected) in changes.items():
         params = yaml.safe_load((project / "params.yaml").read_text())
         params[key].update(value)
@@ -137,7 +143,7 @@ def test_training_runs_with_the_teacher_weights_gone(project):
 
 def test_student_side_stages_never_depend_on_teacher_weights():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name in ("pair", "fold", "align", "train", "evaluate_transfer"):
+    for name in ("pair", "fold", "align", "train", "evaluate_transfer", "cka"):
         deps = stages[name].get("do", stages[name])["deps"]
         assert "data/models/teacher" not in deps, f"{name} must not load the teacher's weights"
     for name in ("seeking", "laten"):  # the baselines move parameters: they must say they read the teacher

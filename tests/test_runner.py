@@ -447,4 +447,4 @@ def test_evaluate_and_table_stages_end_to_end(tokenizer, model, tmp_path, monkey
     table = json.loads(Path("metrics/table.json").read_text())
     assert table["variants"] == ["student", "teacher", "semalign-v1"]
     assert table["paired_vs_student"]["semalign-v1"]["mmlu"]["n"] == 4
-    assert Path("reports/table.md").read_text().startswith("# Results")
+    assert Path("report/table.md").read_text().startswith("# Results")

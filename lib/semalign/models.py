@@ -100,6 +100,18 @@ def load_hf_dir(
     return model.to(device).eval(), tokenizer
 
 
+def merge_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PreTrainedModel:
+    """`model` with the PEFT LoRA adapter saved in `adapter_dir` merged into its weights."""
+    from peft import PeftModel  # only adapted students need it
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise SemalignError(f"no adapter at {adapter_dir} (adapter_config.json is missing); run the train stage "
+                            "that writes it (e.g. `dvc repro train@<task>`, or the baseline's stage) or pick a "
+                            "variant that has one")
+    return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().eval()
+
+
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     """Load only the tokenizer of a local model directory (stages that tokenise need no weights)."""
     path = Path(path)

@@ -44,29 +44,41 @@ def build_table(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]],
             "paired_vs_student": paired}
 
 
-def render_markdown(table: Mapping[str, Any]) -> str:
-    """Table 1 as markdown ("acc [lo, hi] (n)"), then gap closed and the paired tests against the student."""
+def result_tables(table: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The table as display tables {"title", "note", "headers", "rows"} of strings: Table 1 ("acc [lo, hi]
+    (n)"), then, where present, gap closed and the paired tests against the student."""
     tasks = table["tasks"]
-    lines = ["# Results", "", "Accuracy (pass@1 for code) [95% Wilson interval] (items).", "",
-             "| variant | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
-    for variant in table["variants"]:
-        cells = [_cell(table["rows"][variant].get(task)) for task in tasks]
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    tables = [{"title": "Results", "note": "Accuracy (pass@1 for code) [95% Wilson interval] (items).",
+               "headers": ["variant", *tasks],
+               "rows": [[variant, *(_cell(table["rows"][variant].get(task)) for task in tasks)]
+                        for variant in table["variants"]]}]
     if table["gap_closed"]:
-        lines += ["", "## Gap closed: (method - student) / (teacher - student)", "",
-                  "| method | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
-        for method, by_task in table["gap_closed"].items():
-            cells = ["—" if by_task.get(task) is None else f"{by_task[task]:.2f}" for task in tasks]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        tables.append({"title": "Gap closed: (method - student) / (teacher - student)", "note": "",
+                       "headers": ["method", *tasks],
+                       "rows": [[method, *("—" if by_task.get(task) is None else f"{by_task[task]:.2f}" for task in tasks)]
+                                for method, by_task in table["gap_closed"].items()]})
     comparisons = [(m, t, c) for m, by_task in table["paired_vs_student"].items() for t, c in by_task.items()]
     if comparisons:
-        lines += ["", "## Method vs student, paired on items", "",
-                  "| method | task | n | diff [95% bootstrap] | only method right | only student right | McNemar p |",
-                  "|---|---|---|---|---|---|---|"]
-        for method, task, c in comparisons:
-            lines.append(f"| {method} | {task} | {c['n']} | {c['diff']:+.3f} [{c['diff_low']:+.3f}, "
-                         f"{c['diff_high']:+.3f}] | {c['b01']} | {c['b10']} | {c['mcnemar_p']:.3g} |")
-    return "\n".join(lines) + "\n"
+        tables.append({"title": "Method vs student, paired on items", "note": "",
+                       "headers": ["method", "task", "n", "diff [95% bootstrap]", "only method right",
+                                   "only student right", "McNemar p"],
+                       "rows": [[method, task, str(c["n"]), f"{c['diff']:+.3f} [{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]",
+                                 str(c["b01"]), str(c["b10"]), f"{c['mcnemar_p']:.3g}"] for method, task, c in comparisons]})
+    return tables
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Lines of a markdown table."""
+    return ["| " + " | ".join(headers) + " |", "|---" * len(headers) + "|", *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def render_markdown(table: Mapping[str, Any]) -> str:
+    """Table 1 as markdown ("acc [lo, hi] (n)"), then gap closed and the paired tests against the student."""
+    lines = []
+    for i, part in enumerate(result_tables(table)):
+        lines += [("# " if i == 0 else "## ") + part["title"], ""] + ([part["note"], ""] if part["note"] else [])
+        lines += markdown_table(part["headers"], part["rows"]) + [""]
+    return "\n".join(lines[:-1]) + "\n"
 
 
 def _cell(cell: Mapping[str, Any] | None) -> str:
