@@ -11,18 +11,9 @@ from semalign.baselines.laten import (
 )
 from semalign.errors import SemalignError
 from semalign.tiny import tiny_model
+from test_seeking import seed_set as examples
 
 T_LAYERS, S_LAYERS, D_T, D_S = 4, 3, 48, 32
-
-
-def examples(n: int = 3, t: int = 9, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(7, 300, (n, t), generator=g)
-    mask = torch.ones(n, t, dtype=torch.long)
-    mask[0, -2:] = 0
-    labels = ids.masked_fill(mask == 0, -100)
-    labels[:, :5] = -100
-    return ids, mask, labels
 
 
 def teacher():
