@@ -99,3 +99,19 @@ def test_paper_numbers_are_the_papers():
 def test_missing_table_says_so(tmp_path):
     text = render_markdown("run", build_sections(tmp_path, PARAMS))
     assert "No metrics/table.json" in text
+
+
+def test_alignment_section_tabulates_fig2_and_every_held_out_map(tree):
+    maps = {"semantic": {"cosine": 0.0282, "relation": 0.6167}, "ridge": {"cosine": 0.8205, "relation": 0.997}}
+    align = {"map": "semantic", "fidelity_mean_over_layers": {"teacher": {"head": 0.4896, "random": 0.995}},
+             "held_out": {"fit_examples": 16, "held_out_examples": 16, "trained_layers": {"1": maps},
+                          "mean_all_layers": {"semantic": {"cosine": 0.0337, "relation": 0.5847},
+                                              "ridge": {"cosine": 0.5101, "relation": 0.9353}}}}
+    (tree / "metrics/align").mkdir()
+    (tree / "metrics/align/mmlu.json").write_text(json.dumps(align))
+    section = next(s for s in build_sections(tree, PARAMS) if s.title == "Is the alignment faithful? (this run)")
+    fidelity, held_out = section.blocks
+    assert fidelity.headers == ["model", "head", "random"] and fidelity.rows == [["teacher", "0.490", "0.995"]]
+    assert held_out.headers[:3] == ["map", "layer 1 cosine", "layer 1 relation"]
+    assert held_out.rows == [["semantic", "0.028", "0.617", "0.034", "0.585"], ["ridge", "0.821", "0.997", "0.510", "0.935"]]
+    assert "| ridge | 0.821 | 0.997 | 0.510 | 0.935 |" in render_markdown("run", build_sections(tree, PARAMS))

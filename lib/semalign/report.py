@@ -105,6 +105,30 @@ def human_bytes(count: int) -> str:
     return f"{size:.1f} GiB"
 
 
+def alignment_blocks(metrics: Mapping[str, Any], task: str) -> list[Block]:
+    """Fig. 2 fidelity means (bases variants and the random control) and every latent map on held-out tokens,
+    from one `align` stage's metrics (metrics/align/<task>.json)."""
+    fidelity = metrics["fidelity_mean_over_layers"]
+    variants = list(next(iter(fidelity.values())))
+    held_out = metrics["held_out"]
+    layers = sorted(held_out["trained_layers"], key=int)
+    measures = ("cosine", "relation")
+    return [
+        Block(text=f"**{task}: Fig. 2, mean cos(h, decompose→recompose(h)) over layers** (random: as many random "
+                   "unit vectors as the vocabulary)",
+              headers=["model", *variants], rows=[[role, *(f"{curves[v]:.3f}" for v in variants)]
+                                                  for role, curves in fidelity.items()]),
+        Block(text=f"**{task}: latent maps on held-out tokens** ({held_out['held_out_examples']} alignment examples "
+                   f"no map was fitted on; targets made with `{metrics['map']}`): cosine and relation-geometry "
+                   "similarity between the student's own Δh_k and the mapped teacher quantity",
+              headers=["map", *(f"layer {k} {m}" for k in layers for m in measures),
+                       *(f"all layers {m}" for m in measures)],
+              rows=[[name, *(f"{held_out['trained_layers'][k][name][m]:.3f}" for k in layers for m in measures),
+                     *(f"{held_out['mean_all_layers'][name][m]:.3f}" for m in measures)]
+                    for name in held_out["mean_all_layers"]]),
+    ]
+
+
 def build_sections(root: str | Path, params: Mapping[str, Any]) -> list[Section]:
     """The report's sections from a project tree at `root` (metrics/, plots/, data/) and the run's params."""
     root = Path(root)
@@ -126,6 +150,11 @@ def build_sections(root: str | Path, params: Mapping[str, Any]) -> list[Section]
                   "Llama 2 7B-Chat student, percent; gap closed = (method − 7B) / (13B − 7B). Different models, "
                   "data sizes and protocol from this run: read them side by side, not as a comparison.")
     sections.append(Section("For reference: the paper's Table 1 (not this run)", [paper]))
+
+    alignment = [block for path in sorted((root / "metrics/align").glob("*.json"))
+                 for block in alignment_blocks(json.loads(path.read_text()), path.stem)]
+    if alignment:
+        sections.append(Section("Is the alignment faithful? (this run)", alignment))
 
     plots = sorted((root / "plots").rglob("*.png")) if (root / "plots").is_dir() else []
     sections.append(Section("Plots", [Block(text=f"`{png.relative_to(root).as_posix()}`",
