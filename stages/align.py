@@ -25,6 +25,7 @@ from semalign.data import load_split
 from semalign.fidelity import compare_maps, curve_rows, fit_examples, layer_fidelity, plot_curves
 from semalign.models import load_hf_dir, model_info
 from semalign.pairing import Pairing
+from semalign.progress import progress
 from semalign.store import StoreWriter, open_store
 from semalign.targets import target_arrays, teacher_quantity, write_targets
 
@@ -62,7 +63,7 @@ def main() -> None:
     student_states = residual_states(student, encoded.input_ids, encoded.attention_mask,
                                      range(model_info(student).num_layers + 1), desc=f"align {args.task}: student")
     chosen, held_out = {}, {}
-    for pair in pairing.layers:
+    for pair in progress(pairing.layers, desc=f"align {args.task}: fit and measure maps", unit="layer"):
         own = torch.zeros(*real.shape, student_states[0].shape[-1])
         own[real] = student_states[pair.student_layer] - student_states[pair.student_layer - 1]
         teacher = teacher_quantity(cache, pair, interpolate, 0, len(real))
