@@ -5,6 +5,8 @@ Targets: for each trained student layer, the teacher quantity mapped by `align.m
 or a map fitted on the alignment split's first examples). Measurements: Fig. 2 for both models with the
 random-basis control and its sweep; every latent map on the held-out alignment examples, per student layer.
 Student-side: reads the cache, the maps of `fold` and the pairing; loads the student, never the teacher.
+Under `torchrun --nproc-per-node N` every rank fits the same maps (deterministic, on the small alignment split)
+and writes its share of the target chunks; rank 0 writes the manifests, measurements and plots.
 """
 
 import argparse
@@ -22,11 +24,12 @@ from semalign.alignment import AlignConfig, random_control_cosine
 from semalign.cache import state_name
 from semalign.config import build, write_json
 from semalign.data import load_split
+from semalign.distributed import Ranks, finish_store, shared_writer
 from semalign.fidelity import compare_maps, curve_rows, fit_examples, layer_fidelity, plot_curves
 from semalign.models import load_hf_dir, model_info
 from semalign.pairing import Pairing
 from semalign.progress import progress
-from semalign.store import StoreWriter, open_store
+from semalign.store import open_store
 from semalign.targets import target_arrays, teacher_quantity, write_targets
 
 
@@ -48,22 +51,28 @@ def main() -> None:
     parser.add_argument("--task", required=True)
     args = parser.parse_args()
     config = build(AlignConfig, yaml.safe_load(Path("params.yaml").read_text())["align"], "align")
-    pairs_json = json.loads((Path("data/pairs") / f"{args.task}.json").read_text())
+    with Ranks() as ranks:
+        align(args.task, config, ranks)
+
+
+def align(task: str, config: AlignConfig, ranks: Ranks) -> None:
+    """Targets of `task` (this rank's share of the chunks) and, on rank 0, the measurements."""
+    pairs_json = json.loads((Path("data/pairs") / f"{task}.json").read_text())
     pairing = Pairing.from_json(pairs_json)
     maps = load_file("data/maps/maps.safetensors")
     interpolate = config.interpolate and pairing.mode == "v1"  # v2 selects exactly one teacher layer
 
     # Every student layer's own Δh_k and its teacher quantity on the alignment split; maps are fitted on the
     # first `fitted` examples and measured on the rest.
-    cache = open_store(Path("data/cache") / args.task / "alignment.zarr")
-    encoded, _ = load_split(Path("data/tasks") / args.task, "alignment")
+    cache = open_store(Path("data/cache") / task / "alignment.zarr")
+    encoded, _ = load_split(Path("data/tasks") / task, "alignment")
     real = encoded.attention_mask.bool()
     fitted = fit_examples(len(real), config.fit_fraction)
-    student, _ = load_hf_dir(Path("data/models/student"))
+    student, _ = load_hf_dir(Path("data/models/student"), device=ranks.device)
     student_states = residual_states(student, encoded.input_ids, encoded.attention_mask,
-                                     range(model_info(student).num_layers + 1), desc=f"align {args.task}: student")
+                                     range(model_info(student).num_layers + 1), desc=f"align {task}: student")
     chosen, held_out = {}, {}
-    for pair in progress(pairing.layers, desc=f"align {args.task}: fit and measure maps", unit="layer"):
+    for pair in progress(pairing.layers, desc=f"align {task}: fit and measure maps", unit="layer"):
         own = torch.zeros(*real.shape, student_states[0].shape[-1])
         own[real] = student_states[pair.student_layer] - student_states[pair.student_layer - 1]
         teacher = teacher_quantity(cache, pair, interpolate, 0, len(real))
@@ -73,43 +82,48 @@ def main() -> None:
 
     trained = [p for p in pairing.layers if p.trained]
     for split in ("alignment", "training"):
-        split_cache = open_store(Path("data/cache") / args.task / f"{split}.zarr")
+        split_cache = open_store(Path("data/cache") / task / f"{split}.zarr")
         num_examples, num_tokens, _ = split_cache.arrays[state_name(0)].shape
         arrays = target_arrays(trained, num_examples, num_tokens, student_states[0].shape[-1],
                                split_cache.arrays[state_name(0)].chunk_rows)
         identity = {"cache": split_cache.manifest["fingerprint"], "pairs": pairs_json, "align": asdict(config)}
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        with StoreWriter(Path("data/targets") / args.task / f"{split}.zarr", arrays, fingerprint) as writer:
-            write_targets(split_cache, trained, chosen, interpolate, writer, desc=f"align {args.task}/{split}")
-            writer.finalize({"cache_fingerprint": split_cache.manifest["fingerprint"], "pairing_mode": pairing.mode,
-                             "interpolate": interpolate, "map": config.map, "bases": config.bases,
-                             "fit_examples": fitted, "student_layers": [p.student_layer for p in trained]})
+        with shared_writer(ranks, Path("data/targets") / task / f"{split}.zarr", arrays, fingerprint) as writer:
+            write_targets(split_cache, trained, chosen, interpolate, writer, desc=ranks.tag(f"align {task}/{split}"),
+                          shard=ranks.shard)
+            finish_store(ranks, writer, {"cache_fingerprint": split_cache.manifest["fingerprint"],
+                                         "pairing_mode": pairing.mode, "interpolate": interpolate,
+                                         "map": config.map, "bases": config.bases,
+                                         "fit_examples": fitted,
+                                         "student_layers": [p.student_layer for p in trained]})
+    if not ranks.is_main:
+        return
 
     teacher_states = {ell: cache.read(state_name(ell)).float()[real] for ell in range(pairing.num_teacher_layers + 1)}
     vocab = student.get_output_embeddings().weight.shape[0]
-    fidelity = {role: fig2(args.task, role, states, maps, config.control_counts, vocab)
+    fidelity = {role: fig2(task, role, states, maps, config.control_counts, vocab)
                 for role, states in (("teacher", teacher_states), ("student", student_states))}
     widths = {"teacher": teacher_states[0].shape[-1], "student": student_states[0].shape[-1]}
     counts = list(fidelity["teacher"]["sweep"])
     sweep = {f"{role}_{kind}": [fidelity[role]["sweep"][n] if kind == "random" else random_control_cosine(n, widths[role])
                                 for n in counts]
              for role in fidelity for kind in ("random", "closed_form")}
-    write_json(Path("plots/align") / f"{args.task}_control_sweep.json",
+    write_json(Path("plots/align") / f"{task}_control_sweep.json",
                [{"count": n, **{name: values[i] for name, values in sweep.items()}} for i, n in enumerate(counts)])
-    plot_curves(sweep, Path("plots/align") / f"{args.task}_control_sweep.png",
-                f"Fig. 2 random control: mean cos(h, R Rᵀ h) over layers ({args.task})", "mean cosine",
+    plot_curves(sweep, Path("plots/align") / f"{task}_control_sweep.png",
+                f"Fig. 2 random control: mean cos(h, R Rᵀ h) over layers ({task})", "mean cosine",
                 xlabel="random unit vectors", x=counts)
 
     names = list(next(iter(held_out.values())))
     series = {name: [held_out[p.student_layer][name]["cosine"] for p in pairing.layers] for name in names}
-    write_json(Path("plots/align") / f"{args.task}_heldout.json", curve_rows(series, first_layer=1))
-    plot_curves(series, Path("plots/align") / f"{args.task}_heldout.png",
-                f"held-out cos(student Δh_k, mapped teacher quantity) ({args.task})", "mean cosine", first_layer=1)
+    write_json(Path("plots/align") / f"{task}_heldout.json", curve_rows(series, first_layer=1))
+    plot_curves(series, Path("plots/align") / f"{task}_heldout.png",
+                f"held-out cos(student Δh_k, mapped teacher quantity) ({task})", "mean cosine", first_layer=1)
 
     def mean(name: str, measure: str) -> float:
         return round(sum(h[name][measure] for h in held_out.values()) / len(held_out), 4)
 
-    write_json(Path("metrics/align") / f"{args.task}.json", {
+    write_json(Path("metrics/align") / f"{task}.json", {
         "map": config.map, "bases": config.bases, "interpolate": interpolate,
         "fidelity_mean_over_layers": {role: {name: round(sum(v) / len(v), 4) for name, v in f["curves"].items()}
                                       for role, f in fidelity.items()},
@@ -121,7 +135,7 @@ def main() -> None:
             "mean_all_layers": {name: {m: mean(name, m) for m in ("cosine", "relation")} for name in names},
         },
     })
-    print(f"align {args.task}: {config.map} targets for student layers {[p.student_layer for p in trained]}")
+    print(f"align {task}: {config.map} targets for student layers {[p.student_layer for p in trained]}")
 
 
 if __name__ == "__main__":

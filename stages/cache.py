@@ -2,6 +2,9 @@
 residual stream and top-k next-token distribution (lib/semalign/cache.py has the layout).
 
 Killed at any point, a rerun resumes: finished chunks are journaled and kept, the rest recomputed.
+Data-parallel under `torchrun --nproc-per-node N stages/cache.py --task <task>`: each rank computes its share
+of the chunks into the same stores, rank 0 writes the manifests and metrics; the stores are identical to a
+single process's.
 """
 
 import argparse
@@ -18,7 +21,7 @@ from semalign.config import build, write_json
 from semalign.data import data_fingerprint, load_split
 from semalign.embedded import sha256_of
 from semalign.models import load_hf_dir, model_info
-from semalign.store import StoreWriter
+from semalign.distributed import Ranks, finish_store, shared_writer
 
 SPLITS = ("alignment", "training")
 
@@ -29,46 +32,48 @@ def main() -> None:
     args = parser.parse_args()
     config = build(CacheConfig, yaml.safe_load(Path("params.yaml").read_text())["cache"], "cache")
 
+    with Ranks() as ranks:
+        metrics = write_caches(args.task, config, ranks)
+        if ranks.is_main:
+            write_json(Path("metrics/cache") / f"{args.task}.json", metrics)
+            print(f"cache {args.task}: " + ", ".join(f"{s} {m['tokens']} tokens" for s, m in metrics["splits"].items()))
+
+
+def write_caches(task: str, config: CacheConfig, ranks: Ranks) -> dict:
+    """Cache both splits of `task` (this rank's share of their chunks); the metrics of the run."""
     teacher_dir = Path("data/models/teacher")
-    model, _ = load_hf_dir(teacher_dir)
+    model, _ = load_hf_dir(teacher_dir, device=ranks.device)
     info = model_info(model)
     layers = kept_layers(config, info.num_layers)
     weights = sha256_of(teacher_dir / "model.safetensors")
-    metrics = {"task": args.task, "layers": layers, "dtype": config.dtype, "top_k": config.top_k, "splits": {}}
+    metrics = {"task": task, "layers": layers, "dtype": config.dtype, "top_k": config.top_k, "splits": {}}
     for split in SPLITS:
-        encoded, _ = load_split(Path("data/tasks") / args.task, split)
+        encoded, _ = load_split(Path("data/tasks") / task, split)
         data_hash = data_fingerprint(encoded.tensors())
         identity = {"teacher_weights_sha256": weights, "data_fingerprint": data_hash, "config": asdict(config)}
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         arrays = cache_arrays(*encoded.input_ids.shape, info.d_model, layers, config)
-        path = Path("data/cache") / args.task / f"{split}.zarr"
+        path = Path("data/cache") / task / f"{split}.zarr"
         started = time.perf_counter()
-        with StoreWriter(path, arrays, fingerprint, codec=config.codec) as writer:
-            computed = write_teacher_cache(model, encoded, writer, config, desc=f"cache {args.task}/{split}")
+        with shared_writer(ranks, path, arrays, fingerprint, codec=config.codec) as writer:
+            computed = write_teacher_cache(model, encoded, writer, config, desc=ranks.tag(f"cache {task}/{split}"),
+                                           shard=ranks.shard)
+            finish_store(ranks, writer, {"teacher": {"arch": info.arch, "num_layers": info.num_layers,
+                                                     "d_model": info.d_model, "vocab_size": info.vocab_size,
+                                                     "weights_sha256": weights},
+                                         "data_fingerprint": data_hash, "layers": layers, "config": asdict(config)})
             seconds = time.perf_counter() - started
-            writer.finalize({"teacher": {"arch": info.arch, "num_layers": info.num_layers, "d_model": info.d_model,
-                                         "vocab_size": info.vocab_size, "weights_sha256": weights},
-                             "data_fingerprint": data_hash, "layers": layers, "config": asdict(config)})
+            computed = ranks.sum(computed)
         tokens = int(encoded.attention_mask.sum())
         stored = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        logical = sum(spec_bytes(spec) for spec in arrays.values())
+        logical = sum(spec.nbytes for spec in arrays.values())
         metrics["splits"][split] = {
             "examples": int(encoded.input_ids.shape[0]), "tokens": tokens, "chunks_computed": computed,
             "seconds": round(seconds, 1), "tokens_per_second": round(tokens / seconds, 1) if computed else None,
             "store_bytes": stored, "compression_ratio": round(logical / stored, 2),
             "files": sum(1 for f in path.rglob("*") if f.is_file()),
         }
-    write_json(Path("metrics/cache") / f"{args.task}.json", metrics)
-    print(f"cache {args.task}: " + ", ".join(f"{s} {m['tokens']} tokens" for s, m in metrics["splits"].items()))
-
-
-def spec_bytes(spec) -> int:
-    """Bytes the array would take uncompressed, padding included."""
-    itemsize = {"bfloat16": 2, "float16": 2, "float32": 4, "int32": 4, "int64": 8, "uint8": 1, "bool": 1}[spec.dtype]
-    count = 1
-    for n in spec.shape:
-        count *= n
-    return count * itemsize
+    return metrics
 
 
 if __name__ == "__main__":

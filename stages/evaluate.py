@@ -4,6 +4,8 @@ variant: `teacher`, `student`, or a method whose output is data/adapters/<task>/
 merged into the student, or a student delta (delta.safetensors, the baselines) added to its weights.
 Per-item results go to data/eval/<task>/<variant>.jsonl as each batch finishes, so a killed run resumes;
 the summary with its 95% interval goes to metrics/eval/<task>/<variant>.json.
+Data-parallel under `torchrun --nproc-per-node N`: each rank scores its share of the batches, rank 0 merges
+the results into the same file and writes the metrics (greedy results identical to one process's).
 """
 
 import argparse
@@ -19,13 +21,14 @@ from semalign.config import build, write_json
 from semalign.data import load_split
 from semalign.embedded import sha256_of
 from semalign.errors import SemalignError
-from semalign.evaluation.runner import EvalConfig, evaluate_task, protocol, summarise_results
+from semalign.distributed import Ranks
+from semalign.evaluation.runner import EvalConfig, evaluate_task, merge_results, protocol, summarise_results
 from semalign.models import load_hf_dir, merge_adapter
 
 BASE_MODELS = ("teacher", "student")
 
 
-def load_variant(task: str, variant: str, device: str):
+def load_variant(task: str, variant: str, device: str | torch.device):
     """(model, tokenizer, sha256 over the weight files) of a base model or of the student + an adapter / a delta."""
     folders = [Path("data/models") / (variant if variant in BASE_MODELS else "student")]
     model, tokenizer = load_hf_dir(folders[0], device=device)
@@ -54,19 +57,24 @@ def main() -> None:
     config = build(EvalConfig, {**section, "chat_template": params["data"]["chat_template"]}, "evaluate")
 
     _, items = load_split(Path("data/tasks") / args.task, "evaluation")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer, weights = load_variant(args.task, args.variant, device)
-    started = time.perf_counter()
-    results = evaluate_task(model, tokenizer, args.task, items, config,
-                            Path("data/eval") / args.task / f"{args.variant}.jsonl",
-                            identity={"variant": args.variant, "weights_sha256": weights})
+    with Ranks() as ranks:
+        model, tokenizer, weights = load_variant(args.task, args.variant, ranks.device)
+        started = time.perf_counter()
+        path, identity = Path("data/eval") / args.task / f"{args.variant}.jsonl", {"variant": args.variant,
+                                                                                  "weights_sha256": weights}
+        results = evaluate_task(model, tokenizer, args.task, items, config, path, identity=identity, ranks=ranks)
+        ranks.barrier()
+        if not ranks.is_main:
+            return
+        if ranks.world > 1:
+            results = merge_results(args.task, items, config, path, ranks.world, identity=identity)
     summary = summarise_results(results)
 
     write_json(Path("metrics/eval") / args.task / f"{args.variant}.json", {
         "task": args.task, "variant": args.variant,
         "metric": "pass@1" if args.task in ("humaneval", "mbpp") else "accuracy", **summary,
         "protocol": protocol(tokenizer, args.task, items[:1], config),
-        "seconds": round(time.perf_counter() - started, 1), "device": device, "weights_sha256": weights,
+        "seconds": round(time.perf_counter() - started, 1), "device": ranks.device.type, "weights_sha256": weights,
     })
     print(f"evaluate {args.task}/{args.variant}: {summary['accuracy']:.3f} "
           f"[{summary['ci_low']:.3f}, {summary['ci_high']:.3f}] (n={summary['n']})")

@@ -3,19 +3,13 @@ student-only change reruns only student-side stages (the teacher cache, attribut
 and an evaluation-only task (asdiv) is tokenised and scored by teacher and student but never transferred on."""
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from semalign.models import save_hf_dir
-from semalign.tiny import tiny_model, tiny_tokenizer
-
-ROOT = Path(__file__).resolve().parents[1]
+from tiny_project import ROOT, ran_stages, run
 TEACHER_SIDE = {"materialize@teacher", "bases@teacher", "data@mmlu", "attribute@mmlu", "cache@mmlu"}
 TRANSFER = {f"{stage}@mmlu-{objective}" for stage in ("train", "evaluate_transfer") for objective in ("v1", "sft")}
 STUDENT_SIDE = {"pair@mmlu", "align@mmlu", "table", "cka@mmlu", "report"} | TRANSFER
@@ -24,65 +18,13 @@ BASELINES = {"seeking@mmlu", "laten@mmlu", "evaluate_baseline@mmlu-seeking", "ev
 EVALUATION_ONLY = {"data@asdiv", "evaluate@asdiv-student", "evaluate@asdiv-teacher"}  # every asdiv stage
 
 
-def mmlu_rows(count: int) -> str:
-    rows = []
-    for i in range(count):
-        letter = "ABCD"[i % 4]
-        options = "\n".join(f"{x}. option {x.lower()} {i}" for x in "ABCD")
-        rows.append({"question": f"Question {i}: which option is right?", "options": options,
-                     "answer": f"{letter}. option {letter.lower()} {i}"})
-    return "".join(json.dumps(r) + "\n" for r in rows)
-
-
-def tiny_params(models: Path, task_file: Path, eval_only_file: Path) -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["models"] = {role: {"source": "hf_dir", "path": str(models / role)} for role in ("teacher", "student")}
-    params["bases"]["chunk_rows"] = 128
-    params["data"].update(max_length=64, tasks={"mmlu": {"path": str(task_file), "evaluation": 4, "attribution": 4,
-                                                          "alignment": 4, "training": 6},
-                                                 "asdiv": {"path": str(eval_only_file), "evaluation": 3}})
-    params["transfer"] = {"tasks": ["mmlu"]}
-    params["cache"].update(top_k=4, batch_size=2)
-    params["align"]["chunk_rows"] = 128
-    params["train"].update(objectives=["v1", "sft"], epochs=1, batch_size=4, micro_batch_size=2)
-    params["evaluate"].update(batch_size=4, limit={"mmlu": 4, "asdiv": 2}, max_new_tokens={"asdiv": 8})
-    params["seeking"].update(lora_r=4, epochs=1, batch_size=4, micro_batch_size=2)
-    params["laten"].update(neuron_fraction=0.25, steps=2, batch_size=2)
-    return params
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout + done.stderr
-
-
-def ran_stages(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("pipeline")
-    shutil.copy(ROOT / "dvc.yaml", repo)
-    shutil.copytree(ROOT / "stages", repo / "stages")
-    shutil.copytree(ROOT / "lib", repo / "lib", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    tokenizer = tiny_tokenizer()
-    save_hf_dir(tiny_model("qwen2", seed=1, num_layers=4, hidden_size=48), tokenizer, repo / "models" / "teacher")
-    save_hf_dir(tiny_model("qwen2", seed=2, num_layers=3, hidden_size=32, num_heads=4, num_kv_heads=2,
-                           intermediate_size=64), tokenizer, repo / "models" / "student")
-    (repo / "mmlu.jsonl").write_text(mmlu_rows(24))
-    shutil.copy(ROOT / "tests/fixtures/asdiv.jsonl", repo / "asdiv.jsonl")  # 4 usable items
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(repo / "models", repo / "mmlu.jsonl",
-                                                                 repo / "asdiv.jsonl")))
-    run(["git", "init", "-q"], repo)
-    run([sys.executable, "-m", "dvc", "init", "-q"], repo)
-    return repo
+def project(reproduced) -> Path:
+    return reproduced.repo
 
 
-def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(project):
-    first = ran_stages(run([sys.executable, "-m", "dvc", "repro"], project))
+def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(reproduced, project):
+    first = ran_stages(reproduced.output)
     assert TEACHER_SIDE | STUDENT_SIDE | EVALUATED | BASELINES | EVALUATION_ONLY <= first
     stages = set(run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], project).split())
     assert {stage for stage in stages if "asdiv" in stage} == EVALUATION_ONLY  # no transfer stage for asdiv

@@ -19,6 +19,7 @@ import torch
 from transformers import PreTrainedModel
 
 from semalign.activations import teacher_forward
+from semalign.distributed import Shard
 from semalign.errors import SemalignError
 from semalign.models import model_info
 from semalign.progress import progress
@@ -95,15 +96,17 @@ def _to_state_dtype(h: torch.Tensor, dtype: str) -> torch.Tensor:
 
 
 def write_teacher_cache(
-    model: PreTrainedModel, encoded: Encoded, writer: StoreWriter, config: CacheConfig, desc: str = "cache"
+    model: PreTrainedModel, encoded: Encoded, writer: StoreWriter, config: CacheConfig, desc: str = "cache",
+    shard: Shard = Shard(),
 ) -> int:
-    """Fill every unfinished chunk of `writer` (arrays from `cache_arrays`) from teacher forward passes.
+    """Fill every unfinished chunk of `writer` (arrays from `cache_arrays`) that `shard` owns from teacher
+    forward passes (one chunk = one batch, so a chunk is the same whichever process computes it).
 
     Returns the number of chunks computed in this call (0 when the store was already complete).
     """
     layers = kept_layers(config, model_info(model).num_layers)
     names = list(writer.arrays)
-    pending = sorted({chunk for name in names for chunk in writer.pending_chunks(name)})
+    pending = sorted({chunk for name in names for chunk in writer.pending_chunks(name) if shard.owns(chunk)})
     num_tokens = encoded.input_ids.shape[1]
     with BackgroundWriter(writer, workers=config.writers) as background:
         for chunk in progress(pending, desc=f"{desc}: chunks", unit="chunk"):

@@ -4,7 +4,10 @@ A store is a directory with a zarr v3 group of named N-D arrays, chunked along a
 or vocabulary entries) into few, large chunks, one file each. After a whole chunk is written and
 fsynced, a line is appended to `progress.jsonl`; a writer reopened with the same spec and fingerprint
 skips journaled chunks, any other difference recreates the store. `manifest.json` is written last,
-atomically, once every chunk is journaled; readers refuse a store without it. bfloat16 is stored
+atomically, once every chunk is journaled; readers refuse a store without it. Several processes may write
+one store (`semalign.distributed`): each journals its own chunks in `progress.<rank>.jsonl` (rank 0 in
+`progress.jsonl`), every journal counts on resume whatever the number of processes, and only rank 0 may
+create the store. bfloat16 is stored
 losslessly as its uint16 bits, the logical dtype recorded as an array attribute.
 
 Codecs: "zstd" (zarr's ZstdCodec, level 3) or "none". On the 2-core CPU machine zstd beat Blosc-zstd +
@@ -81,6 +84,11 @@ class ArraySpec:
             raise SemalignError(f"array shape {self.shape} / chunk_rows {self.chunk_rows} must be positive")
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the whole array before compression (padding included)."""
+        return math.prod(self.shape) * np.dtype(DTYPES[self.dtype][1]).itemsize
+
+    @property
     def num_chunks(self) -> int:
         return math.ceil(self.shape[0] / self.chunk_rows)
 
@@ -125,7 +133,8 @@ class StoreWriter:
     """Creates or resumes the store at `path` holding `arrays`; `fingerprint` names what the data came
     from (model + data hashes), so a store built from other inputs is never resumed."""
 
-    def __init__(self, path: str | Path, arrays: dict[str, ArraySpec], fingerprint: str, codec: str = "zstd"):
+    def __init__(self, path: str | Path, arrays: dict[str, ArraySpec], fingerprint: str, codec: str = "zstd",
+                 rank: int = 0):
         if codec not in CODECS:
             raise SemalignError(f"store codec {codec!r} is unknown; use one of {CODECS}")
         files = sum(a.num_chunks for a in arrays.values())
@@ -133,11 +142,17 @@ class StoreWriter:
             raise SemalignError(f"store {path} would hold {files} chunk files (> {MAX_CHUNK_FILES}); raise chunk_rows")
         self.path, self.arrays = Path(path), dict(arrays)
         self._spec = _spec_json(arrays, fingerprint, codec)
-        self._open_or_create(codec)
+        if rank == 0:
+            self._open_or_create(codec)
+        else:
+            self._open_created_by_rank_0()
         # The manifest is rewritten by finalize(); until then the store reads as incomplete.
         (self.path / MANIFEST).unlink(missing_ok=True)
-        self._done = self._read_journal()
-        self._journal = open(self.path / JOURNAL, "a", encoding="utf-8")
+        journal = self.path / (JOURNAL if rank == 0 else f"progress.{rank}.jsonl")
+        self._done, mine = self._read_journals(journal)
+        # Rewrite this writer's journal cleanly so appends never land on a torn line.
+        _write_atomic(journal, "".join(json.dumps({"array": a, "chunk": i}) + "\n" for a, i in sorted(mine)))
+        self._journal = open(journal, "a", encoding="utf-8")
         self._journal_lock = threading.Lock()  # chunks of one store may be written from several threads
 
     def _open_or_create(self, codec: str) -> None:
@@ -167,18 +182,29 @@ class StoreWriter:
                 attributes={"logical_dtype": spec.dtype},
             )
 
-    def _read_journal(self) -> set[tuple[str, int]]:
-        path, done = self.path / JOURNAL, set()
-        if path.exists():
+    def _open_created_by_rank_0(self) -> None:
+        try:
+            self._group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+            ready = self._group.attrs.get("semalign") == self._spec
+        except Exception:  # missing or unreadable: rank 0 has not created it
+            ready = False
+        if not ready:
+            raise SemalignError(f"store {self.path} was not created by rank 0 with this spec; open the writer on "
+                                "rank 0 first (semalign.distributed.shared_writer does)")
+
+    def _read_journals(self, own: Path) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+        """(chunks journaled by any rank, those in `own`, this writer's journal) as (array, chunk) pairs."""
+        done, mine = set(), set()
+        for path in sorted(self.path.glob("progress*.jsonl")):
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:  # a line torn by a crash: its chunk is simply rewritten
                     continue
                 done.add((entry["array"], entry["chunk"]))
-        # Rewrite cleanly so appends never land on a torn line.
-        _write_atomic(path, "".join(json.dumps({"array": a, "chunk": i}) + "\n" for a, i in sorted(done)))
-        return done
+                if path == own:
+                    mine.add((entry["array"], entry["chunk"]))
+        return done, mine
 
     def pending_chunks(self, name: str) -> list[int]:
         """Chunk indices of array `name` that are not yet journaled (all of them for a new store)."""
@@ -207,7 +233,8 @@ class StoreWriter:
 
     def finalize(self, manifest: dict) -> dict:
         """Write manifest.json (arrays, fingerprint, codec + the caller's `manifest`) once all chunks are
-        journaled; returns the manifest written."""
+        journaled (by any rank: other ranks' journals are read again); returns the manifest written."""
+        self._done |= self._read_journals(Path(self._journal.name))[0]
         missing = {name: self.pending_chunks(name) for name in self.arrays if self.pending_chunks(name)}
         if missing:
             raise SemalignError(f"store {self.path} is missing chunks {missing}; write them before finalize()")

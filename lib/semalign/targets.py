@@ -13,6 +13,7 @@ import torch
 
 from semalign.alignment import interpolate
 from semalign.cache import state_name
+from semalign.distributed import Shard
 from semalign.latent_maps import LatentMap
 from semalign.pairing import LayerPair
 from semalign.progress import progress
@@ -53,10 +54,10 @@ def target_arrays(pairs: list[LayerPair], num_examples: int, num_tokens: int, d_
 
 
 def write_targets(cache: Store, pairs: list[LayerPair], maps: dict[int, LatentMap], use_interpolation: bool,
-                  writer: StoreWriter, desc: str = "align") -> int:
-    """Fill every unfinished chunk of `writer` with targets, student layer k mapped by `maps[k]`; returns the
-    number of chunks computed."""
-    pending = sorted({c for name in writer.arrays for c in writer.pending_chunks(name)})
+                  writer: StoreWriter, desc: str = "align", shard: Shard = Shard()) -> int:
+    """Fill every unfinished chunk of `writer` that `shard` owns with targets, student layer k mapped by
+    `maps[k]`; returns the number of chunks computed."""
+    pending = sorted({c for name in writer.arrays for c in writer.pending_chunks(name) if shard.owns(c)})
     with BackgroundWriter(writer) as background:
         for chunk in progress(pending, desc=f"{desc}: chunks", unit="chunk"):
             for pair in pairs:

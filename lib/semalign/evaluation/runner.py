@@ -28,6 +28,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from semalign.data import end_of_turn, format_example, prompt_text
+from semalign.distributed import Ranks, Shard
 from semalign.errors import SemalignError
 from semalign.evaluation import generation
 from semalign.evaluation.answers import extract_code, extract_final_number, mmlu_choice, numbers_match
@@ -142,7 +143,8 @@ def answer_token_ids(tokenizer: PreTrainedTokenizerBase, chat_template: bool) ->
 
 
 def score_mmlu(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence,
-               chat_template: bool, batch_size: int, on_batch: OnBatch | None = None) -> list[ItemResult]:
+               chat_template: bool, batch_size: int, on_batch: OnBatch | None = None,
+               shard: Shard = Shard()) -> list[ItemResult]:
     """Zero-shot MMLU: the letter with the highest next-token log-prob after the prompt."""
     letter_ids = answer_token_ids(tokenizer, chat_template)
     pad_id = generation.pad_id_of(tokenizer)
@@ -160,11 +162,12 @@ def score_mmlu(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items
                                       {"logprobs": dict(zip(LETTERS, letter_logprobs)), "letter_mass": mass}))
         return results
 
-    return _batched(items, [len(row) for row in rows], batch_size, score, on_batch, "evaluate mmlu")
+    return _batched(items, [len(row) for row in rows], batch_size, score, on_batch, "evaluate mmlu", shard)
 
 
 def score_math(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence, chat_template: bool,
-               batch_size: int, max_new_tokens: int, on_batch: OnBatch | None = None) -> list[ItemResult]:
+               batch_size: int, max_new_tokens: int, on_batch: OnBatch | None = None,
+               shard: Shard = Shard()) -> list[ItemResult]:
     """Greedy worked answers; right when their final number equals the gold answer."""
     prompts = [prompt_text(tokenizer, format_example(item), chat_template) for item in items]
     stop_ids = stop_token_ids(model, tokenizer, chat_template)
@@ -180,12 +183,13 @@ def score_math(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items
                                       {"completion": completion}))
         return results
 
-    return _batched(items, [len(p) for p in prompts], batch_size, score, on_batch, f"evaluate {_task_of(items)}")
+    return _batched(items, [len(p) for p in prompts], batch_size, score, on_batch, f"evaluate {_task_of(items)}",
+                    shard)
 
 
 def score_code(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence, chat_template: bool,
                batch_size: int, max_new_tokens: int, timeout_s: float, n_samples: int = 1, temperature: float = 0.0,
-               workers: int = 2, on_batch: OnBatch | None = None) -> list[ItemResult]:
+               workers: int = 2, on_batch: OnBatch | None = None, shard: Shard = Shard()) -> list[ItemResult]:
     """HumanEval / MBPP completions run against their tests. `correct` is the first sample's outcome (greedy:
     pass@1); with n_samples > 1, detail["samples"] and detail["passed"] feed pass@k."""
     prompts = [prompt_text(tokenizer, format_example(item), chat_template) for item in items]
@@ -222,46 +226,105 @@ def score_code(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items
             results.append(ItemResult(items[i].item_id, runs_i[0].passed, codes[k * n_samples], detail))
         return results
 
-    return _batched(items, [len(p) for p in prompts], batch_size, score, on_batch, f"evaluate {_task_of(items)}")
+    return _batched(items, [len(p) for p in prompts], batch_size, score, on_batch, f"evaluate {_task_of(items)}",
+                    shard)
 
 
 def evaluate_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: str, items: Sequence,
                   config: EvalConfig, results_path: str | Path,
-                  identity: dict[str, Any] | None = None) -> list[ItemResult]:
+                  identity: dict[str, Any] | None = None, ranks: Ranks | None = None) -> list[ItemResult]:
     """Score the first `config.limit[task]` items, resuming from `results_path`; results in item order.
 
     identity: what else determines the results (e.g. the weights' hash); with the task and the decoding
     settings it forms the file's header, and a file written under another header is started afresh.
+    ranks: under torchrun, this process scores its share of the batches into its own file next to
+    `results_path` and returns its results only; rank 0 then calls `merge_results`. Greedy results are
+    identical to one process's; sampled ones (temperature > 0) draw from each rank's random stream.
     """
+    items = _limited(task, items, config)
+    header = results_header(task, config, identity)
+    path = Path(results_path)
+    shard = ranks.shard if ranks is not None else Shard()
+    if shard.world == 1:
+        done = _resume(path, header)
+        own = path
+    else:  # every rank must see the same finished items, so that all form the same batches
+        own = _shard_path(path, shard.rank, shard.world)
+        _resume(own, header)
+        ranks.barrier()
+        done = _finished(path, header, shard.world)
+        ranks.barrier()
+    pending = [item for item in items if item.item_id not in done]
+    if pending:
+        def append(batch: list[ItemResult]) -> None:
+            _append(own, batch)
+            done.update((result.item_id, result) for result in batch)
+
+        torch.manual_seed(config.seed)
+        if task == "mmlu":
+            score_mmlu(model, tokenizer, pending, config.chat_template, config.batch_size, append, shard)
+        elif task in MATH_TASKS:
+            score_math(model, tokenizer, pending, config.chat_template, config.batch_size, config.new_tokens(task),
+                       append, shard)
+        else:
+            score_code(model, tokenizer, pending, config.chat_template, config.batch_size, config.new_tokens(task),
+                       config.timeout_s, config.n_samples, config.temperature, config.workers, append, shard)
+    return [done[item.item_id] for item in items if item.item_id in done]
+
+
+def merge_results(task: str, items: Sequence, config: EvalConfig, results_path: str | Path, world: int,
+                  identity: dict[str, Any] | None = None) -> list[ItemResult]:
+    """After every rank of `world` has run `evaluate_task`: write all results to `results_path` (header, then
+    items in order), remove the ranks' files, and return the results in item order."""
+    items = _limited(task, items, config)
+    header = results_header(task, config, identity)
+    path = Path(results_path)
+    done = _finished(path, header, world)
+    missing = [item.item_id for item in items if item.item_id not in done]
+    if missing:
+        raise SemalignError(f"{len(missing)} item(s) of {path} were scored by no rank (e.g. {missing[0]}); "
+                            "rerun the stage: it resumes")
+    results = [done[item.item_id] for item in items]
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"identity": header}) + "\n"
+                       + "".join(json.dumps(asdict(result), ensure_ascii=False) + "\n" for result in results))
+    os.replace(partial, path)
+    for rank in range(world):
+        _shard_path(path, rank, world).unlink(missing_ok=True)
+    return results
+
+
+def results_header(task: str, config: EvalConfig, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The header of `task`'s results file: the task, the settings its results depend on, and `identity`."""
+    # The task's own budget, so that changing another task's budget keeps this task's results valid.
+    settings = {key: config.new_tokens(task) if key == "max_new_tokens" else getattr(config, key)
+                for key in _RESULT_SETTINGS[task]}
+    return _jsonable({"task": task, "settings": settings, **(identity or {})})
+
+
+def _limited(task: str, items: Sequence, config: EvalConfig) -> list:
+    """The first `config.limit[task]` of `items`, after checking they are `task`'s."""
     if task not in TASKS:
         raise SemalignError(f"unknown task {task!r}; known tasks are {list(TASKS)}")
     wrong = sorted({item.task for item in items} - {task})
     if wrong:
         raise SemalignError(f"evaluate_task({task!r}) got items of task(s) {wrong}; pass that task's evaluation split")
-    limit = (config.limit or {}).get(task)
-    items = list(items)[:limit]
-    # The task's own budget, so that changing another task's budget keeps this task's results valid.
-    settings = {key: config.new_tokens(task) if key == "max_new_tokens" else getattr(config, key)
-                for key in _RESULT_SETTINGS[task]}
-    header = _jsonable({"task": task, "settings": settings, **(identity or {})})
-    path = Path(results_path)
-    done = _resume(path, header)
-    pending = [item for item in items if item.item_id not in done]
-    if pending:
-        def append(batch: list[ItemResult]) -> None:
-            _append(path, batch)
-            done.update((result.item_id, result) for result in batch)
+    return list(items)[:(config.limit or {}).get(task)]
 
-        torch.manual_seed(config.seed)
-        if task == "mmlu":
-            score_mmlu(model, tokenizer, pending, config.chat_template, config.batch_size, append)
-        elif task in MATH_TASKS:
-            score_math(model, tokenizer, pending, config.chat_template, config.batch_size, config.new_tokens(task),
-                       append)
-        else:
-            score_code(model, tokenizer, pending, config.chat_template, config.batch_size, config.new_tokens(task),
-                       config.timeout_s, config.n_samples, config.temperature, config.workers, append)
-    return [done[item.item_id] for item in items]
+
+def _shard_path(path: Path, rank: int, world: int) -> Path:
+    """Rank `rank`'s results file of a `world`-process run."""
+    return path.with_name(f"{path.name}.rank{rank}-of-{world}")
+
+
+def _finished(path: Path, header: dict, world: int) -> dict[str, ItemResult]:
+    """Results written under `header` to `path` or to any rank's file of a `world`-process run (read only)."""
+    done: dict[str, ItemResult] = {}
+    for file in [path] + [_shard_path(path, rank, world) for rank in range(world)]:
+        found, results, _ = _parse(file)
+        if found == header:
+            done.update(results)
+    return done
 
 
 def protocol(tokenizer: PreTrainedTokenizerBase, task: str, items: Sequence, config: EvalConfig) -> dict[str, Any]:
@@ -336,18 +399,20 @@ def compare_paired(base: Sequence[ItemResult], other: Sequence[ItemResult], iter
 
 
 def _batched(items: Sequence, lengths: Sequence[int], batch_size: int, score: Callable[[list[int]], list[ItemResult]],
-             on_batch: OnBatch | None, desc: str) -> list[ItemResult]:
+             on_batch: OnBatch | None, desc: str, shard: Shard = Shard()) -> list[ItemResult]:
     """Score items in batches of similar length (longest first, so running out of memory shows at once),
-    hand each batch to `on_batch`, and return the results in item order."""
+    hand each batch to `on_batch`, and return the results in item order. With several processes the same
+    batches are formed everywhere and `shard` scores only its own (round-robin), so each batch, padding
+    included, is the one a single process would score: only this shard's results are returned."""
     order = sorted(range(len(items)), key=lambda i: -lengths[i])
-    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = shard.take([order[start:start + batch_size] for start in range(0, len(order), batch_size)])
     results: dict[int, ItemResult] = {}
     for batch in progress(batches, desc=desc, unit="batch"):
         scored = score(batch)
         results.update(zip(batch, scored))
         if on_batch is not None:
             on_batch(scored)
-    return [results[i] for i in range(len(items))]
+    return [results[i] for i in sorted(results)]
 
 
 def _cut(text: str, stops: Sequence[str]) -> str:
