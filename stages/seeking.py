@@ -21,7 +21,7 @@ from semalign.baselines.seeking import (
 from semalign.config import build, write_json
 from semalign.data import load_split
 from semalign.models import load_hf_dir
-from semalign.training import add_lora, micro_batches, steps_per_epoch, train
+from semalign.training import add_lora, step_batches, steps_per_epoch, train
 
 
 def main() -> None:
@@ -55,10 +55,10 @@ def main() -> None:
     encoded, _ = load_split(Path("data/tasks") / args.task, "training")
     tensors = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask, "labels": encoded.labels}
 
-    def epoch_batches(epoch: int):
-        return micro_batches(tensors, {}, config.micro_batch_size, torch.Generator().manual_seed(config.seed + epoch))
+    def epoch_steps(epoch: int):
+        return step_batches(tensors, {}, train_config, torch.Generator().manual_seed(config.seed + epoch))
 
-    result = train(model, epoch_batches, list(range(1, len(layers) + 1)), train_config,
+    result = train(model, epoch_steps, list(range(1, len(layers) + 1)), train_config,
                    steps_per_epoch(len(encoded.input_ids), train_config))
     out = Path("data/adapters") / args.task / "seeking"
     save_delta(lora_delta(model, factors), out, {

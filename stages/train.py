@@ -3,7 +3,8 @@
 
 Writes the adapter to data/adapters/<task>/<objective>/, per-step losses as a DVC plot, and the layer
 alignment of the trained layers before and after training on the alignment examples that no latent map was
-fitted on (the same held-out examples `align` measures every map on).
+fitted on (the same held-out examples `align` measures every map on). Under `torchrun` it trains with DDP,
+each rank reading only its micro batches' rows; rank 0 writes the outputs.
 """
 
 import argparse
@@ -16,30 +17,40 @@ import yaml
 
 from semalign.config import build, write_json
 from semalign.data import load_split
+from semalign.distributed import Ranks
 from semalign.fidelity import plot_curves
 from semalign.models import load_hf_dir
 from semalign.pairing import Pairing
 from semalign.store import open_store
 from semalign.targets import target_name
 from semalign.training import (
-    TrainConfig, add_lora, layer_alignment, micro_batches, save_adapter, steps_per_epoch, train,
+    TERMS, TrainConfig, add_lora, layer_alignment, micro_batches, save_adapter, step_batches, steps_per_epoch, train,
 )
 
 TOPK = ("topk_logprobs", "topk_ids", "rest_logmass")
 
 
-def split_inputs(task: str, split: str, layers: list[int], with_topk: bool, held_out_only: bool = False):
-    """In-memory tensors `[N, T, ...]` and targets of one split, from the data, targets and cache stores; with
-    `held_out_only`, only the examples no latent map was fitted on (the targets manifest's `fit_examples` on)."""
-    encoded, _ = load_split(Path("data/tasks") / task, split)
+def training_rows(task: str, layers: list[int], with_topk: bool):
+    """The training split as row sources `[N, T, ...]`: token tensors in memory; the cached top-k and the
+    targets read from their stores on demand, so each process reads only its own micro batches."""
+    encoded, _ = load_split(Path("data/tasks") / task, "training")
     tensors = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask, "labels": encoded.labels}
     if with_topk:
-        cache = open_store(Path("data/cache") / task / f"{split}.zarr")
-        tensors |= {name: cache.read(name) for name in TOPK}
-    targets_store = open_store(Path("data/targets") / task / f"{split}.zarr")
-    targets = {k: targets_store.read(target_name(k)) for k in layers}
-    first = targets_store.manifest["fit_examples"] if held_out_only else 0
-    return {name: t[first:] for name, t in tensors.items()}, {k: t[first:] for k, t in targets.items()}
+        cache = open_store(Path("data/cache") / task / "training.zarr")
+        tensors |= {name: cache.rows(name) for name in TOPK}
+    targets = open_store(Path("data/targets") / task / "training.zarr")
+    return tensors, {k: targets.rows(target_name(k)) for k in layers}
+
+
+def held_out_inputs(task: str, layers: list[int]):
+    """In-memory tensors `[N, T]` and targets `[N, T, d]` of the alignment examples no latent map was fitted on
+    (the targets manifest's `fit_examples` on: the held-out examples `align` measures every map on)."""
+    encoded, _ = load_split(Path("data/tasks") / task, "alignment")
+    targets = open_store(Path("data/targets") / task / "alignment.zarr")
+    first = targets.manifest["fit_examples"]
+    tensors = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask, "labels": encoded.labels}
+    return ({name: t[first:] for name, t in tensors.items()},
+            {k: targets.read(target_name(k))[first:] for k in layers})
 
 
 def main() -> None:
@@ -52,34 +63,41 @@ def main() -> None:
     config = build(TrainConfig, {**section, "objective": args.objective}, "train")
     layers = Pairing.from_json(json.loads((Path("data/pairs") / f"{args.task}.json").read_text())).trained_student_layers
 
-    tensors, targets = split_inputs(args.task, "training", layers, with_topk=config.objective == "v2")
-    held_tensors, held_targets = split_inputs(args.task, "alignment", layers, with_topk=False, held_out_only=True)
-    held_out = list(micro_batches(held_tensors, held_targets, config.micro_batch_size, torch.Generator().manual_seed(0)))
-    student, _ = load_hf_dir(Path("data/models/student"))
-    model = add_lora(student, layers, config)
-    before = layer_alignment(model, held_out, layers)
+    with Ranks() as ranks:
+        tensors, targets = training_rows(args.task, layers, with_topk=config.objective == "v2")
+        student, _ = load_hf_dir(Path("data/models/student"), device=ranks.device)
+        model = add_lora(student, layers, config)
+        if ranks.is_main:
+            held_tensors, held_targets = held_out_inputs(args.task, layers)
+            held_out = list(micro_batches(held_tensors, held_targets, config.micro_batch_size,
+                                          torch.Generator().manual_seed(0)))
+            before = layer_alignment(model, held_out, layers)
 
-    def epoch_batches(epoch: int):
-        return micro_batches(tensors, targets, config.micro_batch_size, torch.Generator().manual_seed(config.seed + epoch))
+        def epoch_steps(epoch: int):
+            return step_batches(tensors, targets, config, torch.Generator().manual_seed(config.seed + epoch), ranks.shard)
 
-    started = time.perf_counter()
-    result = train(model, epoch_batches, layers, config, steps_per_epoch(len(tensors["input_ids"]), config))
-    seconds = time.perf_counter() - started
-    after = layer_alignment(model, held_out, layers)
-    save_adapter(model, Path("data/adapters") / args.task / config.objective)
+        torch.manual_seed(config.seed + ranks.rank)  # LoRA dropout: reproducible, and different on each rank
+        started = time.perf_counter()
+        result = train(model, epoch_steps, layers, config, steps_per_epoch(len(tensors["input_ids"]), config), ranks)
+        seconds = time.perf_counter() - started
+        if not ranks.is_main:
+            return
+        after = layer_alignment(model, held_out, layers)
+        save_adapter(model, Path("data/adapters") / args.task / config.objective)
 
     write_json(Path("plots/train") / args.task / f"{config.objective}.json", result.records)
-    plot_curves({term: [r[term] for r in result.records] for term in ("loss", "layer_term", "output_term")},
+    plot_curves({term: [r[term] for r in result.records] for term in TERMS},
                 Path("plots/train") / args.task / f"{config.objective}.png", f"training loss ({args.task}, {config.objective})",
                 "loss", first_layer=1, xlabel="optimizer step")
     write_json(Path("metrics/train") / args.task / f"{config.objective}.json", {
         "objective": config.objective, "map": open_store(Path("data/targets") / args.task / "training.zarr").manifest["map"],
-        "trained_layers": layers, "steps": len(result.records),
+        "trained_layers": layers, "steps": len(result.records), "processes": ranks.world,
         "final_loss": result.records[-1]["loss"] if result.records else None, "seconds": round(seconds, 1),
         "held_out_examples": len(held_tensors["input_ids"]),
         "held_out_alignment": {str(k): {"before": before[k], "after": after[k]} for k in layers},
     })
-    print(f"train {args.task}/{config.objective}: {len(result.records)} steps in {seconds:.0f}s, layers {layers}")
+    print(f"train {args.task}/{config.objective}: {len(result.records)} steps in {seconds:.0f}s on {ranks.world} "
+          f"process(es), layers {layers}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Data parallelism under torchrun: `cache`, `align` and `evaluate` in 2 CPU processes (gloo) write the same
-stores and results as one process; a store written by several ranks journals per rank, resumes whatever the
-number of processes, and is only ever created by rank 0."""
+stores and results as one process, and `train` (DDP) the same adapters; a store written by several ranks
+journals per rank, resumes whatever the number of processes, and is only ever created by rank 0."""
 
 import json
 import os
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from semalign.distributed import Shard
 from semalign.errors import SemalignError
@@ -39,10 +40,12 @@ def torchrun(args: list[str], cwd: Path) -> str:
 def test_two_processes_write_what_one_process_writes(single, tmp_path):
     multi = tmp_path / "multi"
     shutil.copytree(single, multi, ignore=shutil.ignore_patterns(".dvc", ".git"))
-    for out in ("data/cache", "data/targets", "data/eval", "metrics/cache", "metrics/align", "metrics/eval"):
+    for out in ("data/cache", "data/targets", "data/eval", "data/adapters", "metrics/cache", "metrics/align",
+                "metrics/eval", "metrics/train", "plots/train"):
         shutil.rmtree(multi / out)
     torchrun(["stages/cache.py", "--task", "mmlu"], multi)
     torchrun(["stages/align.py", "--task", "mmlu"], multi)
+    torchrun(["stages/train.py", "--task", "mmlu", "--objective", "v1"], multi)
     for task, variant in EVALUATED:
         torchrun(["stages/evaluate.py", "--task", task, "--variant", variant], multi)
 
@@ -58,6 +61,17 @@ def test_two_processes_write_what_one_process_writes(single, tmp_path):
     assert [s["chunks_computed"] for s in cache_two.values()] == [s["chunks_computed"] for s in cache_one.values()]
     align_one = json.loads((single / "metrics/align/mmlu.json").read_text())
     assert json.loads((multi / "metrics/align/mmlu.json").read_text()) == align_one
+
+    adapter = Path("data/adapters/mmlu/v1/adapter_model.safetensors")
+    one, two = load_file(single / adapter), load_file(multi / adapter)
+    assert set(one) == set(two) and one
+    for name in one:  # DDP averages the two ranks' accumulated gradients: equal up to float summation order
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
+    steps_one, steps_two = (json.loads((repo / "plots/train/mmlu/v1.json").read_text()) for repo in (single, multi))
+    assert len(steps_two) == len(steps_one) == 2
+    for a, b in zip(steps_one, steps_two):
+        assert b["step"] == a["step"] and b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    assert json.loads((multi / "metrics/train/mmlu/v1.json").read_text())["processes"] == 2
 
     for task, variant in EVALUATED:
         path = Path("data/eval") / task / f"{variant}.jsonl"

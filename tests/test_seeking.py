@@ -14,7 +14,7 @@ from semalign.baselines.seeking import (
 from semalign.errors import SemalignError
 from semalign.objectives import cross_entropy_loss
 from semalign.tiny import tiny_model
-from semalign.training import add_lora, micro_batches, steps_per_epoch, train
+from semalign.training import add_lora, step_batches, steps_per_epoch, train
 
 KINDS = ("up_proj", "down_proj", "v_proj", "o_proj")
 
@@ -150,7 +150,7 @@ def test_saved_delta_reproduces_the_post_aligned_model(tmp_path):
     ids, mask, labels = seed_set(n=4, seed=6)
     tensors = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     train_config = config.train_config()
-    train(model, lambda e: micro_batches(tensors, {}, 1, torch.Generator().manual_seed(e)), [1, 2, 3], train_config,
+    train(model, lambda e: step_batches(tensors, {}, train_config, torch.Generator().manual_seed(e)), [1, 2, 3], train_config,
           steps_per_epoch(4, train_config))
     delta = lora_delta(model, factors)
     assert "model.layers.0.mlp.up_proj.weight" in delta and len(delta) == 12

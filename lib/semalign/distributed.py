@@ -14,7 +14,7 @@ complete whatever the number of processes that wrote it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +53,10 @@ class Ranks:
     without them. Initialises the process group (nccl on GPUs, gloo on CPUs) when there are several ranks;
     `device` is this rank's GPU, or the CPU."""
 
-    def __init__(self):
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank, self.local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    def __init__(self, environ: Mapping[str, str] | None = None):
+        environ = os.environ if environ is None else environ  # Ranks({}): one process, whatever the environment
+        world = int(environ.get("WORLD_SIZE", "1"))
+        rank, self.local_rank = int(environ.get("RANK", "0")), int(environ.get("LOCAL_RANK", "0"))
         self.shard = Shard(rank, world)
         cuda = torch.cuda.is_available()
         if cuda and world > 1 and torch.cuda.device_count() <= self.local_rank:
@@ -65,7 +66,7 @@ class Ranks:
         if world > 1 and not dist.is_initialized():
             if cuda:
                 torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if cuda else "gloo")
+            dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
 
     @property
     def rank(self) -> int:
@@ -91,6 +92,14 @@ class Ranks:
         total = torch.tensor([value], dtype=torch.int64, device=self.device)
         dist.all_reduce(total)
         return int(total.item())
+
+    def sum_floats(self, values: torch.Tensor) -> torch.Tensor:
+        """`values` (a float64 vector) summed over the ranks, on every rank."""
+        if self.world == 1:
+            return values
+        total = values.to(self.device, copy=True)
+        dist.all_reduce(total)
+        return total.cpu()
 
     def tag(self, desc: str) -> str:
         """`desc` for a progress bar, naming the rank when there are several."""

@@ -326,6 +326,34 @@ class Store:
         """The whole array `name`: `shape`."""
         return self.read_rows(name, 0, _lookup(self.arrays, name, self.path).shape[0])
 
+    def read_selection(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        """Rows `rows` (any order, `[n]` integers) of array `name`: `[n, *shape[1:]]`, reading only their chunks."""
+        spec = _lookup(self.arrays, name, self.path)
+        rows = torch.as_tensor(rows, dtype=torch.int64)
+        if len(rows) and not (0 <= int(rows.min()) and int(rows.max()) < spec.shape[0]):
+            raise SemalignError(f"rows {rows.tolist()} reach outside array {name!r} of {spec.shape[0]} rows")
+        ordered, position = torch.sort(rows)
+        picked = from_storage(self._group[name].oindex[ordered.numpy()], spec.dtype)
+        return picked[torch.argsort(position)]
+
+    def rows(self, name: str) -> StoreRows:
+        """Array `name` as a lazy row source: `len()` rows, `[rows]` reads just those rows."""
+        return StoreRows(self, name)
+
+
+@dataclass(frozen=True)
+class StoreRows:
+    """One array of a finished store that reads rows on demand: `view[rows]` -> `[len(rows), *shape[1:]]`."""
+
+    store: Store
+    name: str
+
+    def __len__(self) -> int:
+        return self.store.arrays[self.name].shape[0]
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.store.read_selection(self.name, rows)
+
 
 def open_store(path: str | Path) -> Store:
     """Open a finished store for reading; a missing, unfinished or corrupt store raises SemalignError."""

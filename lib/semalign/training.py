@@ -13,15 +13,18 @@ through the whole network; only LoRA parameters of the trained layers update.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel
 
 from semalign.activations import ResidualRecorder
+from semalign.distributed import Ranks, Shard
 from semalign.errors import SemalignError
 from semalign.objectives import (
     cross_entropy_loss,
@@ -32,8 +35,11 @@ from semalign.objectives import (
     topk_kl_loss,
 )
 from semalign.progress import progress
+from semalign.store import StoreRows
 
 OBJECTIVES = ("v1", "v2", "sft")
+TERMS = ("loss", "layer_term", "output_term")
+Rows = torch.Tensor | StoreRows  # a split's array `[N, ...]`, indexable by a tensor of row numbers
 
 
 @dataclass(frozen=True)
@@ -89,16 +95,39 @@ class TrainResult:
     records: list[dict] = field(default_factory=list)
 
 
-def micro_batches(tensors: dict[str, torch.Tensor], targets: dict[int, torch.Tensor], size: int,
+def micro_batch_rows(num_examples: int, size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A shuffled order of `num_examples` rows cut into micro batches of `size` (the last may be smaller)."""
+    order = torch.randperm(num_examples, generator=generator)
+    return [order[start:start + size] for start in range(0, num_examples, size)]
+
+
+def gather_batch(tensors: Mapping[str, Rows], targets: Mapping[int, Rows], rows: torch.Tensor) -> TrainingBatch:
+    """Rows `rows` of the split as one micro batch cut to its longest real example. `tensors` and `targets` map
+    names to row sources `[N, T, ...]`: tensors, or stores read on demand (`Store.rows`), so only these rows are read."""
+    used = int(tensors["attention_mask"][rows].sum(dim=1).max())
+    return TrainingBatch(targets={k: t[rows][:, :used] for k, t in targets.items()},
+                         **{name: t[rows][:, :used] for name, t in tensors.items()})
+
+
+def micro_batches(tensors: Mapping[str, Rows], targets: Mapping[int, Rows], size: int,
                   generator: torch.Generator) -> Iterator[TrainingBatch]:
-    """Shuffled micro batches over in-memory split tensors (`input_ids`, `attention_mask`, `labels` and,
-    optionally, `topk_logprobs`, `topk_ids`, `rest_logmass`, all `[N, T, ...]`) and targets `[N, T, d]`."""
-    order = torch.randperm(len(tensors["input_ids"]), generator=generator)
-    for start in range(0, len(order), size):
-        rows = order[start:start + size]
-        used = int(tensors["attention_mask"][rows].sum(dim=1).max())
-        take = {name: t[rows, :used] for name, t in tensors.items()}
-        yield TrainingBatch(targets={k: t[rows, :used] for k, t in targets.items()}, **take)
+    """Shuffled micro batches over a split (`input_ids`, `attention_mask`, `labels` and, optionally,
+    `topk_logprobs`, `topk_ids`, `rest_logmass`, all `[N, T, ...]`) and targets `[N, T, d]`."""
+    for rows in micro_batch_rows(len(tensors["input_ids"]), size, generator):
+        yield gather_batch(tensors, targets, rows)
+
+
+def step_batches(tensors: Mapping[str, Rows], targets: Mapping[int, Rows], config: TrainConfig,
+                 generator: torch.Generator, shard: Shard = Shard()) -> Iterator[list[TrainingBatch]]:
+    """One epoch, one list per optimizer step: this rank's micro batches of the step's `batch_size` examples.
+
+    The order is the same on every rank (same generator); rank r takes micro batches r, r + world, ... of each
+    step and reads only their rows. A last partial step is dropped (as `steps_per_epoch` counts).
+    """
+    per_step = config.batch_size // config.micro_batch_size
+    rows = micro_batch_rows(len(tensors["input_ids"]), config.micro_batch_size, generator)
+    for start in range(0, len(rows) - per_step + 1, per_step):
+        yield [gather_batch(tensors, targets, r) for r in shard.take(rows[start:start + per_step])]
 
 
 def add_lora(model: PreTrainedModel, layers: list[int], config: TrainConfig) -> PeftModel:
@@ -106,7 +135,9 @@ def add_lora(model: PreTrainedModel, layers: list[int], config: TrainConfig) -> 
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.target_modules), layers_to_transform=[k - 1 for k in layers],
                       layers_pattern="layers", bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    with torch.random.fork_rng(devices=[]):  # the adapters' initialisation follows config.seed, on every rank
+        torch.manual_seed(config.seed)
+        return get_peft_model(model, lora)
 
 
 def lora_parameters(model: PeftModel, layer: int) -> list[torch.nn.Parameter]:
@@ -133,29 +164,40 @@ def _output_term(config: TrainConfig, logits: torch.Tensor, batch: TrainingBatch
     return topk_kl_loss(logits, batch.topk_logprobs, batch.topk_ids, batch.rest_logmass, positions)
 
 
-def batch_losses(model: PeftModel, batch: TrainingBatch, layers: list[int], config: TrainConfig) -> dict[str, torch.Tensor]:
-    """{"layer_term", "output_term", "loss"} of one micro batch for the trained `layers` (with graph)."""
+def batch_losses(model: PeftModel, batch: TrainingBatch, layers: list[int], config: TrainConfig,
+                 forward: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """{"layer_term", "output_term", "loss"} of one micro batch for the trained `layers` (with graph).
+    `forward` runs the model (its DDP wrapper under torchrun); `model` itself by default."""
     device = next(model.parameters()).device
     batch = TrainingBatch(**{name: {k: t.to(device) for k, t in value.items()} if isinstance(value, dict)
                              else (value.to(device) if value is not None else None)
                              for name, value in vars(batch).items()})
     needed = sorted({k for k in layers} | {k - 1 for k in layers}) if config.objective != "sft" else []
     with ResidualRecorder(model.get_base_model(), needed, detach=False) as recorder:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        logits = (forward or model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     layer_term = _layer_term(config, recorder, batch, layers) if needed else torch.zeros((), device=device)
     output_term = _output_term(config, logits, batch)
     return {"layer_term": layer_term, "output_term": output_term,
             "loss": config.layer_weight * layer_term + config.output_weight * output_term}
 
 
-def train(model: PeftModel, epoch_batches: Callable[[int], Iterable[TrainingBatch]], layers: list[int],
-          config: TrainConfig, steps_per_epoch: int) -> TrainResult:
-    """Optimise the adapters of `layers`; `epoch_batches(epoch)` yields that epoch's micro batches.
+def train(model: PeftModel, epoch_steps: Callable[[int], Iterable[list[TrainingBatch]]], layers: list[int],
+          config: TrainConfig, steps_per_epoch: int, ranks: Ranks | None = None) -> TrainResult:
+    """Optimise the adapters of `layers`; `epoch_steps(epoch)` yields, per optimizer step, this process's
+    micro batches of it (`step_batches`).
 
+    Under torchrun (`ranks` of several processes) the model runs in DistributedDataParallel: each rank
+    accumulates its share of the step's micro batches and the gradients are averaged once per step, so the
+    update is the one a single process makes on the whole `batch_size` (up to float summation order).
     v2 runs one phase per layer (shallow to deep) with only the frontier's adapters trainable.
     A non-finite loss, or one above explode_factor × the first step's, stops with the step and term named.
     """
+    ranks = ranks or Ranks({})
     accumulation = config.batch_size // config.micro_batch_size
+    if accumulation % ranks.world:
+        raise SemalignError(f"train.batch_size {config.batch_size} is {accumulation} micro batches of "
+                            f"{config.micro_batch_size}, which {ranks.world} processes cannot share evenly; make "
+                            f"batch_size / micro_batch_size a multiple of {ranks.world} (or start fewer processes)")
     phases = [[k] for k in sorted(layers)] if config.objective == "v2" else [sorted(layers)]
     result, step, first_loss = TrainResult(), 0, None
     for phase, phase_layers in enumerate(phases, start=1):
@@ -164,37 +206,46 @@ def train(model: PeftModel, epoch_batches: Callable[[int], Iterable[TrainingBatc
             p.requires_grad_(False)
         for p in frontier:
             p.requires_grad_(True)
+        forward = _data_parallel(model, ranks)
         optimizer = torch.optim.AdamW(frontier, lr=config.lr, weight_decay=config.weight_decay)
         model.train()
-        total = config.epochs * steps_per_epoch
-        bar = progress(range(total), desc=f"train {config.objective} phase {phase}/{len(phases)}", unit="step")
+        bar = progress(range(config.epochs * steps_per_epoch), unit="step",
+                       desc=ranks.tag(f"train {config.objective} phase {phase}/{len(phases)}"))
         for epoch in range(config.epochs):
-            pending, sums = 0, {"loss": 0.0, "layer_term": 0.0, "output_term": 0.0}
-            for batch in epoch_batches(epoch):
-                losses = batch_losses(model, batch, phase_layers, config)
-                for term, value in losses.items():
-                    if not torch.isfinite(value):
-                        raise SemalignError(f"step {step + 1}, term {term}: loss is {value.item()}; lower train.lr "
-                                            "or check the targets store (rerun `dvc repro align`)")
-                (losses["loss"] / accumulation).backward()
-                for term in sums:
-                    sums[term] += losses[term].item() / accumulation
-                pending += 1
-                if pending == accumulation:
-                    torch.nn.utils.clip_grad_norm_(frontier, config.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    first_loss = sums["loss"] if first_loss is None else first_loss
-                    if sums["loss"] > config.explode_factor * max(first_loss, 1e-8):
-                        raise SemalignError(f"step {step}: loss {sums['loss']:.4g} exploded (> {config.explode_factor}"
-                                            f" × first step's {first_loss:.4g}); lower train.lr")
-                    result.records.append({"step": step, "phase": phase, "layer": phase_layers[-1], **sums})
-                    bar.update(1)
-                    pending, sums = 0, {"loss": 0.0, "layer_term": 0.0, "output_term": 0.0}
+            for micro in epoch_steps(epoch):
+                sums = torch.zeros(len(TERMS), dtype=torch.float64)
+                for i, batch in enumerate(micro):
+                    last = i == len(micro) - 1  # DDP averages the gradients across ranks on the last backward
+                    with nullcontext() if last or forward is model else forward.no_sync():
+                        losses = batch_losses(model, batch, phase_layers, config, forward)
+                        for term, value in losses.items():
+                            if not torch.isfinite(value):
+                                raise SemalignError(f"step {step + 1}, term {term}: loss is {value.item()}; lower "
+                                                    "train.lr or check the targets store (rerun `dvc repro align`)")
+                        (losses["loss"] * ranks.world / accumulation).backward()
+                    sums += torch.tensor([losses[term].item() for term in TERMS], dtype=torch.float64) / accumulation
+                terms = dict(zip(TERMS, ranks.sum_floats(sums).tolist()))
+                torch.nn.utils.clip_grad_norm_(frontier, config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                first_loss = terms["loss"] if first_loss is None else first_loss
+                if terms["loss"] > config.explode_factor * max(first_loss, 1e-8):
+                    raise SemalignError(f"step {step}: loss {terms['loss']:.4g} exploded (> {config.explode_factor}"
+                                        f" × first step's {first_loss:.4g}); lower train.lr")
+                result.records.append({"step": step, "phase": phase, "layer": phase_layers[-1], **terms})
+                bar.update(1)
         bar.close()
     model.eval()
     return result
+
+
+def _data_parallel(model: PeftModel, ranks: Ranks) -> torch.nn.Module:
+    """The model itself in one process; under torchrun, wrapped in DDP over the parameters now trainable
+    (rebuilt each v2 phase, as the frontier moves)."""
+    if ranks.world == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[ranks.device] if ranks.device.type == "cuda" else None)
 
 
 def steps_per_epoch(num_examples: int, config: TrainConfig) -> int:
@@ -206,14 +257,16 @@ def steps_per_epoch(num_examples: int, config: TrainConfig) -> int:
 def layer_alignment(model: PreTrainedModel | PeftModel, batches: Iterable[TrainingBatch], layers: list[int]) -> dict[int, dict]:
     """Per trained layer: mean over batches of `interface_similarity(Δh_k, target_k)` ("cosine", "relation")."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
+    device = next(model.parameters()).device
     sums = {k: {"cosine": 0.0, "relation": 0.0} for k in layers}
     count = 0
     for batch in batches:
+        mask = batch.attention_mask.to(device)
         with ResidualRecorder(base, sorted(set(layers) | {k - 1 for k in layers})) as recorder:
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            model(input_ids=batch.input_ids.to(device), attention_mask=mask, use_cache=False)
         for k in layers:
-            similarity = interface_similarity(recorder.states[k] - recorder.states[k - 1], batch.targets[k],
-                                              batch.attention_mask)
+            similarity = interface_similarity(recorder.states[k] - recorder.states[k - 1], batch.targets[k].to(device),
+                                              mask)
             for name, value in similarity.items():
                 sums[k][name] += value
         count += 1
