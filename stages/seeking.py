@@ -21,7 +21,7 @@ from semalign.baselines.seeking import (
 from semalign.config import build, write_json
 from semalign.data import load_split
 from semalign.models import load_hf_dir
-from semalign.training import add_lora, step_batches, steps_per_epoch, train
+from semalign.training import add_lora, step_batches, steps_per_epoch, token_tensors, train
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
     model = add_lora(student, list(range(1, len(layers) + 1)), train_config)
     inject(model, factors)
     encoded, _ = load_split(Path("data/tasks") / args.task, "training")
-    tensors = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask, "labels": encoded.labels}
+    tensors = token_tensors(encoded)
 
     def epoch_steps(epoch: int):
         return step_batches(tensors, {}, train_config, torch.Generator().manual_seed(config.seed + epoch))

@@ -24,7 +24,8 @@ from semalign.pairing import Pairing
 from semalign.store import open_store
 from semalign.targets import target_name
 from semalign.training import (
-    TERMS, TrainConfig, add_lora, layer_alignment, micro_batches, save_adapter, step_batches, steps_per_epoch, train,
+    TERMS, TrainConfig, add_lora, layer_alignment, micro_batches, save_adapter, step_batches, steps_per_epoch,
+    token_tensors, train,
 )
 
 TOPK = ("topk_logprobs", "topk_ids", "rest_logmass")
@@ -34,7 +35,7 @@ def training_rows(task: str, layers: list[int], with_topk: bool):
     """The training split as row sources `[N, T, ...]`: token tensors in memory; the cached top-k and the
     targets read from their stores on demand, so each process reads only its own micro batches."""
     encoded, _ = load_split(Path("data/tasks") / task, "training")
-    tensors = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask, "labels": encoded.labels}
+    tensors = token_tensors(encoded)
     if with_topk:
         cache = open_store(Path("data/cache") / task / "training.zarr")
         tensors |= {name: cache.rows(name) for name in TOPK}
@@ -48,7 +49,7 @@ def held_out_inputs(task: str, layers: list[int]):
     encoded, _ = load_split(Path("data/tasks") / task, "alignment")
     targets = open_store(Path("data/targets") / task / "alignment.zarr")
     first = targets.manifest["fit_examples"]
-    tensors = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask, "labels": encoded.labels}
+    tensors = token_tensors(encoded)
     return ({name: t[first:] for name, t in tensors.items()},
             {k: targets.read(target_name(k))[first:] for k in layers})
 

@@ -338,6 +338,7 @@ class Store:
 
     def rows(self, name: str) -> StoreRows:
         """Array `name` as a lazy row source: `len()` rows, `[rows]` reads just those rows."""
+        _lookup(self.arrays, name, self.path)
         return StoreRows(self, name)
 
 

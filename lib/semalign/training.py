@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel
 
 from semalign.activations import ResidualRecorder
+from semalign.data import Encoded
 from semalign.distributed import Ranks, Shard
 from semalign.errors import SemalignError
 from semalign.objectives import (
@@ -93,6 +94,11 @@ class TrainResult:
     """Per optimizer step: {step, phase, layer, loss, layer_term, output_term}."""
 
     records: list[dict] = field(default_factory=list)
+
+
+def token_tensors(encoded: Encoded) -> dict[str, torch.Tensor]:
+    """The `[N, T]` token tensors of a split that a micro batch takes: input_ids, attention_mask, labels."""
+    return {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask, "labels": encoded.labels}
 
 
 def micro_batch_rows(num_examples: int, size: int, generator: torch.Generator) -> list[torch.Tensor]:

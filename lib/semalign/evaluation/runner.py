@@ -285,10 +285,7 @@ def merge_results(task: str, items: Sequence, config: EvalConfig, results_path: 
         raise SemalignError(f"{len(missing)} item(s) of {path} were scored by no rank (e.g. {missing[0]}); "
                             "rerun the stage: it resumes")
     results = [done[item.item_id] for item in items]
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"identity": header}) + "\n"
-                       + "".join(json.dumps(asdict(result), ensure_ascii=False) + "\n" for result in results))
-    os.replace(partial, path)
+    _write_fresh(path, header, results)
     for rank in range(world):
         _shard_path(path, rank, world).unlink(missing_ok=True)
     return results
@@ -464,20 +461,29 @@ def _resume(path: Path, header: dict) -> dict[str, ItemResult]:
     exist) a fresh file holding only the header. A half-written last line is cut off."""
     found, results, good = _parse(path)
     if found != header:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps({"identity": header}) + "\n")
-        os.replace(partial, path)
+        _write_fresh(path, header)
         return {}
     if good < path.stat().st_size:
         os.truncate(path, good)
     return results
 
 
+def _lines(results: Sequence[ItemResult]) -> str:
+    """One JSON line per result, as results files hold them."""
+    return "".join(json.dumps(asdict(result), ensure_ascii=False) + "\n" for result in results)
+
+
+def _write_fresh(path: Path, header: dict, results: Sequence[ItemResult] = ()) -> None:
+    """Replace `path` atomically by a results file of `header` and `results`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"identity": header}) + "\n" + _lines(results), encoding="utf-8")
+    os.replace(partial, path)
+
+
 def _append(path: Path, results: Sequence[ItemResult]) -> None:
-    lines = "".join(json.dumps(asdict(result), ensure_ascii=False) + "\n" for result in results)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(lines)
+        f.write(_lines(results))
         f.flush()
         os.fsync(f.fileno())
 
