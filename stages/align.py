@@ -29,7 +29,7 @@ from semalign.fidelity import compare_maps, curve_rows, fit_examples, layer_fide
 from semalign.models import load_hf_dir, model_info
 from semalign.pairing import Pairing
 from semalign.progress import progress
-from semalign.store import open_store
+from semalign.store import StoresConfig, open_store
 from semalign.targets import target_arrays, teacher_quantity, write_targets
 
 
@@ -50,13 +50,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", required=True)
     args = parser.parse_args()
-    config = build(AlignConfig, yaml.safe_load(Path("params.yaml").read_text())["align"], "align")
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    config = build(AlignConfig, params["align"], "align")
+    stores = build(StoresConfig, params["stores"], "stores")
     with Ranks() as ranks:
-        align(args.task, config, ranks)
+        align(args.task, config, stores, ranks)
 
 
-def align(task: str, config: AlignConfig, ranks: Ranks) -> None:
-    """Targets of `task` (this rank's share of the chunks) and, on rank 0, the measurements."""
+def align(task: str, config: AlignConfig, stores: StoresConfig, ranks: Ranks) -> None:
+    """Targets of `task` (this rank's share of the chunks, stored where `stores` says) and, on rank 0, the
+    measurements."""
     pairs_json = json.loads((Path("data/pairs") / f"{task}.json").read_text())
     pairing = Pairing.from_json(pairs_json)
     maps = load_file("data/maps/maps.safetensors")
@@ -88,14 +91,15 @@ def align(task: str, config: AlignConfig, ranks: Ranks) -> None:
                                split_cache.arrays[state_name(0)].chunk_rows)
         identity = {"cache": split_cache.manifest["fingerprint"], "pairs": pairs_json, "align": asdict(config)}
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        with shared_writer(ranks, Path("data/targets") / task / f"{split}.zarr", arrays, fingerprint) as writer:
+        local = Path("data/targets") / task / f"{split}.zarr"
+        with shared_writer(ranks, local, arrays, fingerprint, url=stores.url) as writer:
             write_targets(split_cache, trained, chosen, interpolate, writer, desc=ranks.tag(f"align {task}/{split}"),
                           shard=ranks.shard)
             finish_store(ranks, writer, {"cache_fingerprint": split_cache.manifest["fingerprint"],
                                          "pairing_mode": pairing.mode, "interpolate": interpolate,
                                          "map": config.map, "bases": config.bases,
                                          "fit_examples": fitted,
-                                         "student_layers": [p.student_layer for p in trained]})
+                                         "student_layers": [p.student_layer for p in trained]}, local)
     if not ranks.is_main:
         return
 

@@ -22,6 +22,7 @@ from semalign.data import data_fingerprint, load_split
 from semalign.embedded import sha256_of
 from semalign.models import load_hf_dir, model_info
 from semalign.distributed import Ranks, finish_store, shared_writer
+from semalign.store import StoresConfig
 
 SPLITS = ("alignment", "training")
 
@@ -30,17 +31,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", required=True)
     args = parser.parse_args()
-    config = build(CacheConfig, yaml.safe_load(Path("params.yaml").read_text())["cache"], "cache")
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    config = build(CacheConfig, params["cache"], "cache")
+    stores = build(StoresConfig, params["stores"], "stores")
 
     with Ranks() as ranks:
-        metrics = write_caches(args.task, config, ranks)
+        metrics = write_caches(args.task, config, stores, ranks)
         if ranks.is_main:
             write_json(Path("metrics/cache") / f"{args.task}.json", metrics)
             print(f"cache {args.task}: " + ", ".join(f"{s} {m['tokens']} tokens" for s, m in metrics["splits"].items()))
 
 
-def write_caches(task: str, config: CacheConfig, ranks: Ranks) -> dict:
-    """Cache both splits of `task` (this rank's share of their chunks); the metrics of the run."""
+def write_caches(task: str, config: CacheConfig, stores: StoresConfig, ranks: Ranks) -> dict:
+    """Cache both splits of `task` (this rank's share of their chunks) where `stores` says; the metrics of the run."""
     teacher_dir = Path("data/models/teacher")
     model, _ = load_hf_dir(teacher_dir, device=ranks.device)
     info = model_info(model)
@@ -53,25 +56,26 @@ def write_caches(task: str, config: CacheConfig, ranks: Ranks) -> dict:
         identity = {"teacher_weights_sha256": weights, "data_fingerprint": data_hash, "config": asdict(config)}
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         arrays = cache_arrays(*encoded.input_ids.shape, info.d_model, layers, config)
-        path = Path("data/cache") / task / f"{split}.zarr"
+        local = Path("data/cache") / task / f"{split}.zarr"
         started = time.perf_counter()
-        with shared_writer(ranks, path, arrays, fingerprint, codec=config.codec) as writer:
+        with shared_writer(ranks, local, arrays, fingerprint, codec=config.codec, url=stores.url) as writer:
             computed = write_teacher_cache(model, encoded, writer, config, desc=ranks.tag(f"cache {task}/{split}"),
                                            shard=ranks.shard)
             finish_store(ranks, writer, {"teacher": {"arch": info.arch, "num_layers": info.num_layers,
                                                      "d_model": info.d_model, "vocab_size": info.vocab_size,
                                                      "weights_sha256": weights},
-                                         "data_fingerprint": data_hash, "layers": layers, "config": asdict(config)})
+                                         "data_fingerprint": data_hash, "layers": layers, "config": asdict(config)},
+                         local)
             seconds = time.perf_counter() - started
             computed = ranks.sum(computed)
         tokens = int(encoded.attention_mask.sum())
-        stored = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        stored, files = writer.location.size()
         logical = sum(spec.nbytes for spec in arrays.values())
         metrics["splits"][split] = {
             "examples": int(encoded.input_ids.shape[0]), "tokens": tokens, "chunks_computed": computed,
             "seconds": round(seconds, 1), "tokens_per_second": round(tokens / seconds, 1) if computed else None,
             "store_bytes": stored, "compression_ratio": round(logical / stored, 2),
-            "files": sum(1 for f in path.rglob("*") if f.is_file()),
+            "files": files,
         }
     return metrics
 

@@ -4,7 +4,9 @@
 Writes the adapter to data/adapters/<task>/<objective>/, per-step losses as a DVC plot, and the layer
 alignment of the trained layers before and after training on the alignment examples that no latent map was
 fitted on (the same held-out examples `align` measures every map on). Under `torchrun` it trains with DDP,
-each rank reading only its micro batches' rows; rank 0 writes the outputs.
+or with the student sharded (FSDP) if `train.parallel` is fsdp, each rank reading only its micro batches'
+rows; every rank measures the alignment and takes part in saving (a sharded student's forward passes and
+gathers are collectives); rank 0 writes the outputs.
 """
 
 import argparse
@@ -24,8 +26,8 @@ from semalign.pairing import Pairing
 from semalign.store import open_store
 from semalign.targets import target_name
 from semalign.training import (
-    TERMS, TrainConfig, add_lora, layer_alignment, micro_batches, save_adapter, step_batches, steps_per_epoch,
-    token_tensors, train,
+    TERMS, TrainConfig, add_lora, layer_alignment, micro_batches, place, save_adapter, step_batches,
+    steps_per_epoch, token_tensors, train,
 )
 
 TOPK = ("topk_logprobs", "topk_ids", "rest_logmass")
@@ -66,13 +68,12 @@ def main() -> None:
 
     with Ranks() as ranks:
         tensors, targets = training_rows(args.task, layers, with_topk=config.objective == "v2")
-        student, _ = load_hf_dir(Path("data/models/student"), device=ranks.device)
-        model = add_lora(student, layers, config)
-        if ranks.is_main:
-            held_tensors, held_targets = held_out_inputs(args.task, layers)
-            held_out = list(micro_batches(held_tensors, held_targets, config.micro_batch_size,
-                                          torch.Generator().manual_seed(0)))
-            before = layer_alignment(model, held_out, layers)
+        student, _ = load_hf_dir(Path("data/models/student"))
+        model = place(add_lora(student, layers, config), config, ranks)
+        held_tensors, held_targets = held_out_inputs(args.task, layers)
+        held_out = list(micro_batches(held_tensors, held_targets, config.micro_batch_size,
+                                      torch.Generator().manual_seed(0)))
+        before = layer_alignment(model, held_out, layers)
 
         def epoch_steps(epoch: int):
             return step_batches(tensors, targets, config, torch.Generator().manual_seed(config.seed + epoch), ranks.shard)
@@ -81,10 +82,10 @@ def main() -> None:
         started = time.perf_counter()
         result = train(model, epoch_steps, layers, config, steps_per_epoch(len(tensors["input_ids"]), config), ranks)
         seconds = time.perf_counter() - started
+        after = layer_alignment(model, held_out, layers)
+        save_adapter(model, Path("data/adapters") / args.task / config.objective, ranks)
         if not ranks.is_main:
             return
-        after = layer_alignment(model, held_out, layers)
-        save_adapter(model, Path("data/adapters") / args.task / config.objective)
 
     write_json(Path("plots/train") / args.task / f"{config.objective}.json", result.records)
     plot_curves({term: [r[term] for r in result.records] for term in TERMS},

@@ -1,6 +1,7 @@
 """Data parallelism under torchrun: `cache`, `align` and `evaluate` in 2 CPU processes (gloo) write the same
-stores and results as one process, and `train` (DDP) the same adapters; a store written by several ranks
-journals per rank, resumes whatever the number of processes, and is only ever created by rank 0."""
+stores (kept in S3 on a local moto server, reached through link files) and results as one process, and
+`train` (DDP) the same adapters; a store written by several ranks journals per rank, resumes whatever the
+number of processes, and is only ever created by rank 0."""
 
 import json
 import os
@@ -37,12 +38,15 @@ def torchrun(args: list[str], cwd: Path) -> str:
     return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args], cwd)
 
 
-def test_two_processes_write_what_one_process_writes(single, tmp_path):
+def test_two_processes_write_what_one_process_writes(single, tmp_path, s3_bucket):
     multi = tmp_path / "multi"
     shutil.copytree(single, multi, ignore=shutil.ignore_patterns(".dvc", ".git"))
     for out in ("data/cache", "data/targets", "data/eval", "data/adapters", "metrics/cache", "metrics/align",
                 "metrics/eval", "metrics/train", "plots/train"):
         shutil.rmtree(multi / out)
+    params = yaml.safe_load((multi / "params.yaml").read_text())
+    params["stores"]["url"] = f"{s3_bucket}/team"
+    (multi / "params.yaml").write_text(yaml.safe_dump(params))
     torchrun(["stages/cache.py", "--task", "mmlu"], multi)
     torchrun(["stages/align.py", "--task", "mmlu"], multi)
     torchrun(["stages/train.py", "--task", "mmlu", "--objective", "v1"], multi)
@@ -55,7 +59,9 @@ def test_two_processes_write_what_one_process_writes(single, tmp_path):
         assert one.arrays and set(one.arrays) == set(two.arrays)
         for name in one.arrays:
             assert torch.equal(one.read(name), two.read(name)), f"{store}/{name}"
-        assert (multi / store / "progress.1.jsonl").read_text(), f"rank 1 wrote no chunk of {store}"
+        assert two.location.url.startswith(f"{s3_bucket}/team/{Path(store).with_suffix('')}-")
+        assert not (multi / store).exists() and (multi / f"{store}.link.json").is_file()
+        assert two.location.read_text("progress.1.jsonl"), f"rank 1 wrote no chunk of {store}"
     cache_one = json.loads((single / "metrics/cache/mmlu.json").read_text())["splits"]
     cache_two = json.loads((multi / "metrics/cache/mmlu.json").read_text())["splits"]
     assert [s["chunks_computed"] for s in cache_two.values()] == [s["chunks_computed"] for s in cache_one.values()]

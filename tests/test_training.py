@@ -1,6 +1,7 @@
 """LoRA placement, the three objectives moving what they should, frontier phases, failure and save paths;
-steps shared by ranks and DDP in two processes training what one process trains."""
+steps shared by ranks, and DDP and FSDP in two processes training (and saving) what one process trains."""
 
+import json
 import os
 import socket
 from types import SimpleNamespace
@@ -9,6 +10,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from peft import PeftModel
+from safetensors.torch import load_file
+from torch.distributed.tensor import DTensor
 
 from semalign.activations import ResidualRecorder
 from semalign.distributed import Ranks, Shard
@@ -21,6 +24,7 @@ from semalign.training import (
     add_lora,
     layer_alignment,
     lora_parameters,
+    place,
     save_adapter,
     step_batches,
     train,
@@ -51,8 +55,9 @@ def other_model_targets(tensors, layers) -> dict[int, torch.Tensor]:
     return {k: rec.states[k] - rec.states[k - 1] for k in layers}
 
 
-def student(layers, config):
-    return add_lora(tiny_model("qwen2", seed=1, num_layers=LAYERS, hidden_size=32), layers, config)
+def student(layers, config, tied=False):
+    return add_lora(tiny_model("qwen2", seed=1, num_layers=LAYERS, hidden_size=32, tie_word_embeddings=tied),
+                    layers, config)
 
 
 def epochs_of(tensors, targets, config):
@@ -135,6 +140,14 @@ def test_config_errors():
         TrainConfig(objective="v3")
     with pytest.raises(SemalignError, match="multiple of micro_batch_size"):
         TrainConfig(batch_size=10, micro_batch_size=4)
+    with pytest.raises(SemalignError, match="train.parallel 'deepspeed' is unknown; use 'ddp' .* or 'fsdp'"):
+        TrainConfig(parallel="deepspeed")
+
+
+def test_fsdp_under_torchrun_refuses_a_student_that_place_did_not_shard():
+    config = TrainConfig(batch_size=4, micro_batch_size=2, parallel="fsdp")
+    with pytest.raises(SemalignError, match=r"not sharded; pass it through semalign.training.place"):
+        train(student([2], config), epochs_of(split_tensors(), {}, config), [2], config, 2, SimpleNamespace(world=2))
 
 
 def test_saved_adapter_reloads_and_merges_to_the_same_logits(tmp_path):
@@ -189,25 +202,34 @@ def test_a_step_that_processes_cannot_share_evenly_is_refused():
 DDP_CONFIG = TrainConfig(objective="v2", lr=1e-2, epochs=1, batch_size=4, micro_batch_size=1, lora_dropout=0.0)
 
 
-def trained_v2(ranks: Ranks) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """v2 on layers 1 and 3 (two phases, so DDP is rebuilt for the second frontier): LoRA weights and records."""
+def trained(config: TrainConfig, ranks: Ranks, tied: bool = False) -> tuple[PeftModel, list[dict]]:
+    """`config` on layers 1 and 3 (v2: two phases, so DDP is rebuilt and FSDP regathers for the second frontier):
+    the model, placed (sharded under FSDP), and its records."""
     tensors = split_tensors()
     targets = other_model_targets(tensors, [1, 3])
-    model = student([1, 3], DDP_CONFIG)
+    model = place(student([1, 3], config, tied), config, ranks)
 
     def epoch_steps(epoch):
-        return step_batches(tensors, targets, DDP_CONFIG, torch.Generator().manual_seed(epoch), ranks.shard)
+        return step_batches(tensors, targets, config, torch.Generator().manual_seed(epoch), ranks.shard)
 
-    result = train(model, epoch_steps, [1, 3], DDP_CONFIG, steps_per_epoch=2, ranks=ranks)
-    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}, result.records
+    return model, train(model, epoch_steps, [1, 3], config, steps_per_epoch=2, ranks=ranks).records
+
+
+def lora_weights(model: PeftModel) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def two_ranks(rank: int, port: int) -> Ranks:
+    """Rank `rank` of a 2-process gloo job on this machine (in a `mp.spawn` worker)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    return Ranks({"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": "0"})
 
 
 def ddp_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    with Ranks({"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": "0"}) as ranks:
-        weights, records = trained_v2(ranks)
-    torch.save({"weights": weights, "records": records}, f"{out}.{rank}")
+    with two_ranks(rank, port) as ranks:
+        model, records = trained(DDP_CONFIG, ranks)
+    torch.save({"weights": lora_weights(model), "records": records}, f"{out}.{rank}")
 
 
 def free_port() -> int:
@@ -219,7 +241,8 @@ def free_port() -> int:
 def test_ddp_in_two_processes_trains_the_adapters_one_process_trains(tmp_path):
     out = str(tmp_path / "rank")
     mp.spawn(ddp_worker, args=(free_port(), out), nprocs=2)
-    weights, records = trained_v2(Ranks({}))
+    model, records = trained(DDP_CONFIG, Ranks({}))
+    weights = lora_weights(model)
     assert len(records) == 4 and [r["layer"] for r in records] == [1, 1, 3, 3]
     for rank in (0, 1):
         got = torch.load(f"{out}.{rank}")
@@ -229,3 +252,63 @@ def test_ddp_in_two_processes_trains_the_adapters_one_process_trains(tmp_path):
         for name, value in weights.items():
             torch.testing.assert_close(got["weights"][name], value, rtol=0, atol=5e-5, msg=name)
         assert [r["loss"] for r in got["records"]] == pytest.approx([r["loss"] for r in records], rel=1e-6)
+
+
+FSDP_CONFIGS = {objective: TrainConfig(objective=objective, lr=1e-2, epochs=1, batch_size=4, micro_batch_size=1,
+                                       lora_dropout=0.0, parallel="fsdp") for objective in ("v1", "v2")}
+
+
+def fsdp_worker(rank: int, port: int, out: str) -> None:
+    """v1 and v2 on a tied-head student sharded over 2 ranks; rank 0 saves the adapters to `out`/<objective>."""
+    with two_ranks(rank, port) as ranks:
+        for objective, config in FSDP_CONFIGS.items():
+            model, records = trained(config, ranks, tied=True)
+            base = model.get_base_model()
+            local = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in model.parameters())
+            held = local / sum(p.numel() for p in model.parameters())
+            save_adapter(model, f"{out}/{objective}", ranks)
+            tied = base.lm_head.weight is base.model.embed_tokens.weight
+            torch.save({"records": records, "held": held, "tied": tied}, f"{out}/{objective}.{rank}")
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    """The directory the two FSDP ranks wrote to (one spawn for every FSDP test: starting processes is the cost)."""
+    out = tmp_path_factory.mktemp("fsdp")
+    mp.spawn(fsdp_worker, args=(free_port(), str(out)), nprocs=2)
+    return out
+
+
+@pytest.mark.parametrize("objective", ["v1", "v2"])
+def test_fsdp_in_two_processes_saves_the_adapter_one_process_trains(fsdp_run, objective, tmp_path):
+    model, records = trained(FSDP_CONFIGS[objective], Ranks({}), tied=True)
+    save_adapter(model, tmp_path / "one")
+    one, two = (load_file(d / "adapter_model.safetensors") for d in (tmp_path / "one", fsdp_run / objective))
+    assert set(two) == set(one) and len(one) == 16
+    for name, value in one.items():
+        # Gradients reduce-scattered once per step, on the last micro batch: one process's update up to float
+        # summation order, which Adam lifts to 6e-5 on near-zero gradient entries (v2; DDP: 9e-5). Never syncing
+        # lands 2e-2 away, syncing the first micro batch instead of the last 4e-2, a loss not scaled by the
+        # world size 2e-2 (v2; v1 is blind to that: Adam and clipping undo a constant gradient scale).
+        assert two[name].shape == value.shape, name
+        torch.testing.assert_close(two[name], value, rtol=0, atol=1e-4, msg=name)
+    # byte-identical: PEFT's target_modules set, whose order follows each process's string hashing, is sorted
+    assert (tmp_path / "one/adapter_config.json").read_bytes() == (fsdp_run / objective / "adapter_config.json").read_bytes()
+    assert json.loads((tmp_path / "one/adapter_config.json").read_text())["target_modules"] == sorted(
+        FSDP_CONFIGS[objective].target_modules)
+    for rank in (0, 1):
+        got = torch.load(fsdp_run / f"{objective}.{rank}")
+        assert [r["loss"] for r in got["records"]] == pytest.approx([r["loss"] for r in records], rel=1e-6)
+    ids = split_tensors()["input_ids"][:2]
+    with torch.no_grad():
+        reloaded = PeftModel.from_pretrained(tiny_model("qwen2", seed=1, num_layers=LAYERS, hidden_size=32,
+                                                        tie_word_embeddings=True), fsdp_run / objective).eval()
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=1e-4)
+
+
+def test_fsdp_shards_every_weight_and_keeps_the_head_tied(fsdp_run):
+    for objective in FSDP_CONFIGS:
+        for rank in (0, 1):
+            got = torch.load(fsdp_run / f"{objective}.{rank}")
+            assert got["tied"], "sharding untied the head from the embeddings"
+            assert got["held"] == pytest.approx(0.5, abs=0.01), "a rank holds more than its half of the weights"

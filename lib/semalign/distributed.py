@@ -8,7 +8,8 @@ exactly as a single process would compute it and the result is identical, bit fo
 Stores shared by the ranks (`shared_writer`, `finish_store`): rank 0 creates or resumes the store first,
 the others open it after a barrier; each rank journals its own chunks (`StoreWriter(rank=...)`), and rank 0
 writes the manifest only after every rank has passed the final barrier, so a store with a manifest is
-complete whatever the number of processes that wrote it.
+complete whatever the number of processes that wrote it. The store may live at a shared URL (`stores.url`)
+that every rank, on any machine, reaches; the pipeline's local path then holds a link to it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from semalign.errors import SemalignError
-from semalign.store import ArraySpec, StoreWriter
+from semalign.store import ArraySpec, StoreWriter, link_store, placed_store
 
 T = TypeVar("T")
 
@@ -117,22 +118,29 @@ class Ranks:
 
 
 @contextmanager
-def shared_writer(ranks: Ranks, path: str | Path, arrays: dict[str, ArraySpec], fingerprint: str,
-                  codec: str = "zstd") -> Iterator[StoreWriter]:
-    """A `StoreWriter` on `path` for this rank: rank 0 creates (or resumes, or rebuilds) the store before the
-    others open it, so no two ranks ever recreate it."""
+def shared_writer(ranks: Ranks, local: Path, arrays: dict[str, ArraySpec], fingerprint: str, codec: str = "zstd",
+                  url: str = "") -> Iterator[StoreWriter]:
+    """A `StoreWriter` for this rank on the store the pipeline knows as `local`, placed under `url` when one is
+    given (`placed_store`): rank 0 creates (or resumes, or rebuilds) it before the others open it, so no two
+    ranks ever recreate it."""
+    placed = placed_store(local, url, fingerprint)
     if ranks.is_main:
-        writer = StoreWriter(path, arrays, fingerprint, codec=codec)
+        writer = StoreWriter(placed, arrays, fingerprint, codec=codec)
     ranks.barrier()
     if not ranks.is_main:
-        writer = StoreWriter(path, arrays, fingerprint, codec=codec, rank=ranks.rank)
+        writer = StoreWriter(placed, arrays, fingerprint, codec=codec, rank=ranks.rank)
     try:
         yield writer
     finally:
         writer.close()
 
 
-def finish_store(ranks: Ranks, writer: StoreWriter, manifest: dict) -> dict | None:
-    """Wait for every rank's chunks, then write the manifest on rank 0 (which returns it; the others get None)."""
+def finish_store(ranks: Ranks, writer: StoreWriter, manifest: dict, local: Path) -> dict | None:
+    """Wait for every rank's chunks, then on rank 0 write the manifest and make `local` name the store
+    (`link_store`); rank 0 returns the manifest, the others None."""
     ranks.barrier()
-    return writer.finalize(manifest) if ranks.is_main else None
+    if not ranks.is_main:
+        return None
+    full = writer.finalize(manifest)
+    link_store(local, writer.location.url, full)
+    return full

@@ -1,14 +1,19 @@
 """The one Zarr v3 reader/writer: chunked along rows, resumable, completed by a manifest.
 
-A store is a directory with a zarr v3 group of named N-D arrays, chunked along axis 0 (rows: tokens
-or vocabulary entries) into few, large chunks, one file each. After a whole chunk is written and
-fsynced, a line is appended to `progress.jsonl`; a writer reopened with the same spec and fingerprint
-skips journaled chunks, any other difference recreates the store. `manifest.json` is written last,
-atomically, once every chunk is journaled; readers refuse a store without it. Several processes may write
-one store (`semalign.distributed`): each journals its own chunks in `progress.<rank>.jsonl` (rank 0 in
-`progress.jsonl`), every journal counts on resume whatever the number of processes, and only rank 0 may
-create the store. bfloat16 is stored
-losslessly as its uint16 bits, the logical dtype recorded as an array attribute.
+A store is a directory (a local path or any fsspec URL, see `semalign.location`) with a zarr v3 group of
+named N-D arrays, chunked along axis 0 (rows: tokens or vocabulary entries) into few, large chunks, one file
+each. After a whole chunk is written and made durable, it is added to the writer's journal `progress.jsonl`
+(one JSON line per chunk, the file replaced atomically each time, which object stores allow where appending
+is not); a writer reopened with the same spec and fingerprint skips journaled chunks, any other difference
+recreates the store. `manifest.json` is written last, atomically, once every chunk is journaled; readers
+refuse a store without it. Several processes may write one store (`semalign.distributed`): each journals its
+own chunks in `progress.<rank>.jsonl` (rank 0 in `progress.jsonl`), every journal counts on resume whatever
+the number of processes, and only rank 0 may create the store. bfloat16 is stored losslessly as its uint16
+bits, the logical dtype recorded as an array attribute.
+
+A store kept elsewhere than where the pipeline looks for it (`placed_store`: under a shared URL, named by
+its fingerprint) is reached through a small link file `<name>.link.json` at the local path (`link_store`),
+which `open_store` follows and checks.
 
 Codecs: "zstd" (zarr's ZstdCodec, level 3) or "none". On the 2-core CPU machine zstd beat Blosc-zstd +
 shuffle (0.39 vs 0.19 GB/s float32, 0.23 vs 0.11 GB/s bf16) but shrinks random-like float32 by only ~8 %
@@ -20,9 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import queue
-import shutil
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from semalign.errors import SemalignError
+from semalign.location import Location
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,8 @@ DTYPES = {"float32": (torch.float32, np.float32), "float16": (torch.float16, np.
           "int64": (torch.int64, np.int64), "uint8": (torch.uint8, np.uint8), "bool": (torch.bool, np.bool_)}
 CODECS = ("zstd", "none")
 MAX_CHUNK_FILES = 1000
-JOURNAL, MANIFEST = "progress.jsonl", "manifest.json"
+JOURNAL, MANIFEST, GROUP = "progress.jsonl", "manifest.json", "zarr.json"
+LINK_SUFFIX = ".link.json"
 
 
 def logical_dtype(dtype: torch.dtype) -> str:
@@ -106,74 +111,58 @@ def _spec_json(arrays: dict[str, ArraySpec], fingerprint: str, codec: str) -> di
     return {"fingerprint": fingerprint, "codec": codec, "arrays": as_json}
 
 
-def _lookup(arrays: dict[str, ArraySpec], name: str, path: Path) -> ArraySpec:
+def _lookup(arrays: dict[str, ArraySpec], name: str, where: Location) -> ArraySpec:
     if name not in arrays:
-        raise SemalignError(f"store {path} has no array {name!r}; arrays are {sorted(arrays)}")
+        raise SemalignError(f"store {where} has no array {name!r}; arrays are {sorted(arrays)}")
     return arrays[name]
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace `path` by `text` so that a crash leaves either the old or the new file, durably."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    _fsync(tmp)
-    os.replace(tmp, path)
-    _fsync(path.parent)
+def _journal_text(chunks: set[tuple[str, int]]) -> str:
+    return "".join(json.dumps({"array": a, "chunk": i}) + "\n" for a, i in sorted(chunks))
 
 
 class StoreWriter:
-    """Creates or resumes the store at `path` holding `arrays`; `fingerprint` names what the data came
-    from (model + data hashes), so a store built from other inputs is never resumed."""
+    """Creates or resumes the store at `where` (local path or fsspec URL) holding `arrays`; `fingerprint`
+    names what the data came from (model + data hashes), so a store built from other inputs is never resumed."""
 
-    def __init__(self, path: str | Path, arrays: dict[str, ArraySpec], fingerprint: str, codec: str = "zstd",
+    def __init__(self, where: str | Path, arrays: dict[str, ArraySpec], fingerprint: str, codec: str = "zstd",
                  rank: int = 0):
         if codec not in CODECS:
             raise SemalignError(f"store codec {codec!r} is unknown; use one of {CODECS}")
         files = sum(a.num_chunks for a in arrays.values())
         if files > MAX_CHUNK_FILES:
-            raise SemalignError(f"store {path} would hold {files} chunk files (> {MAX_CHUNK_FILES}); raise chunk_rows")
-        self.path, self.arrays = Path(path), dict(arrays)
+            raise SemalignError(f"store {where} would hold {files} chunk files (> {MAX_CHUNK_FILES}); raise chunk_rows")
+        self.location, self.arrays = Location.of(where), dict(arrays)
         self._spec = _spec_json(arrays, fingerprint, codec)
         if rank == 0:
             self._open_or_create(codec)
         else:
             self._open_created_by_rank_0()
         # The manifest is rewritten by finalize(); until then the store reads as incomplete.
-        (self.path / MANIFEST).unlink(missing_ok=True)
-        journal = self.path / (JOURNAL if rank == 0 else f"progress.{rank}.jsonl")
-        self._done, mine = self._read_journals(journal)
-        # Rewrite this writer's journal cleanly so appends never land on a torn line.
-        _write_atomic(journal, "".join(json.dumps({"array": a, "chunk": i}) + "\n" for a, i in sorted(mine)))
-        self._journal = open(journal, "a", encoding="utf-8")
+        self.location.remove(MANIFEST)
+        self._journal = JOURNAL if rank == 0 else f"progress.{rank}.jsonl"
+        self._done, self._mine = self._read_journals()
         self._journal_lock = threading.Lock()  # chunks of one store may be written from several threads
+        self._closed = False
 
     def _open_or_create(self, codec: str) -> None:
+        where = self.location
         try:
-            self._group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+            self._group = zarr.open_group(where.zarr_store(read_only=False), mode="r+", zarr_format=3)
             if self._group.attrs.get("semalign") == self._spec:
                 return
-            log.warning("store %s was built from another spec or fingerprint: removing and recreating it", self.path)
+            log.warning("store %s was built from another spec or fingerprint: removing and recreating it", where)
         except FileNotFoundError:
             pass
         except Exception as err:  # unreadable metadata: the store cannot be resumed, only rebuilt
-            log.warning("store %s has unreadable zarr metadata (%s): removing and recreating it", self.path, err)
-        if self.path.exists():
-            if any(self.path.iterdir()) and not (self.path / "zarr.json").exists():
-                raise SemalignError(f"{self.path} exists and is not a store; remove it or choose another path")
-            # Rename first: a crash during the removal then leaves no half-deleted store at `path`.
-            stale = self.path.with_name(self.path.name + ".stale")
-            shutil.rmtree(stale, ignore_errors=True)
-            os.replace(self.path, stale)
-            shutil.rmtree(stale)
-        self._group = zarr.open_group(self.path, mode="w-", zarr_format=3, attributes={"semalign": self._spec})
+            log.warning("store %s has unreadable zarr metadata (%s): removing and recreating it", where, err)
+        entries = where.entries()
+        if entries:
+            if GROUP not in entries:
+                raise SemalignError(f"{where} exists and is not a store; remove it or choose another path")
+            where.remove_tree(keep_last=GROUP)
+        self._group = zarr.open_group(where.zarr_store(read_only=False), mode="w-", zarr_format=3,
+                                      attributes={"semalign": self._spec})
         for name, spec in self.arrays.items():
             self._group.create_array(
                 name, shape=spec.shape, chunks=(spec.chunk_rows, *spec.shape[1:]), dtype=DTYPES[spec.dtype][1],
@@ -184,69 +173,68 @@ class StoreWriter:
 
     def _open_created_by_rank_0(self) -> None:
         try:
-            self._group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+            self._group = zarr.open_group(self.location.zarr_store(read_only=False), mode="r+", zarr_format=3)
             ready = self._group.attrs.get("semalign") == self._spec
         except Exception:  # missing or unreadable: rank 0 has not created it
             ready = False
         if not ready:
-            raise SemalignError(f"store {self.path} was not created by rank 0 with this spec; open the writer on "
-                                "rank 0 first (semalign.distributed.shared_writer does)")
+            raise SemalignError(f"store {self.location} was not created by rank 0 with this spec; open the writer "
+                                "on rank 0 first (semalign.distributed.shared_writer does)")
 
-    def _read_journals(self, own: Path) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
-        """(chunks journaled by any rank, those in `own`, this writer's journal) as (array, chunk) pairs."""
+    def _read_journals(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+        """(chunks journaled by any rank, those in this writer's own journal) as (array, chunk) pairs."""
         done, mine = set(), set()
-        for path in sorted(self.path.glob("progress*.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # a line torn by a crash: its chunk is simply rewritten
-                    continue
+        for name in self.location.glob("progress*.jsonl"):
+            for line in self.location.read_text(name).splitlines():
+                entry = json.loads(line)
                 done.add((entry["array"], entry["chunk"]))
-                if path == own:
+                if name == self._journal:
                     mine.add((entry["array"], entry["chunk"]))
         return done, mine
 
     def pending_chunks(self, name: str) -> list[int]:
         """Chunk indices of array `name` that are not yet journaled (all of them for a new store)."""
-        return [i for i in range(_lookup(self.arrays, name, self.path).num_chunks) if (name, i) not in self._done]
+        spec = _lookup(self.arrays, name, self.location)
+        return [i for i in range(spec.num_chunks) if (name, i) not in self._done]
 
     def write_chunk(self, name: str, chunk_index: int, data: torch.Tensor | np.ndarray) -> None:
-        """Write whole chunk `chunk_index` of `name` (`data: [chunk rows, *shape[1:]]`), fsync, journal it."""
-        spec = _lookup(self.arrays, name, self.path)
+        """Write whole chunk `chunk_index` of `name` (`data: [chunk rows, *shape[1:]]`), make it durable, journal it."""
+        if self._closed:
+            raise SemalignError(f"chunk {chunk_index} of {name!r} written after the writer of {self.location} was closed")
+        spec = _lookup(self.arrays, name, self.location)
         start, stop = spec.rows(chunk_index)
         array = to_storage(data) if isinstance(data, torch.Tensor) else np.asarray(data)
         want = (stop - start, *spec.shape[1:])
         if array.shape != want or array.dtype != DTYPES[spec.dtype][1]:
             raise SemalignError(f"chunk {chunk_index} of {name!r} is {tuple(array.shape)} {array.dtype}; "
                                 f"expected {want} {spec.dtype}")
-        # An all-fill-value chunk must still become a file: it is what gets fsynced before journaling.
+        # An all-fill-value chunk must still become a file: it is what is made durable before journaling.
         zarr_array = self._group[name].with_config({"write_empty_chunks": True})
         zarr_array[start:stop] = array
         key = zarr_array.metadata.encode_chunk_key((chunk_index,) + (0,) * (len(spec.shape) - 1))
-        _fsync(self.path / name / key)
-        _fsync(self.path / name)  # the chunk file's directory entry must be durable too
+        self.location.make_durable(f"{name}/{key}")
         with self._journal_lock:
-            self._journal.write(json.dumps({"array": name, "chunk": chunk_index}) + "\n")
-            self._journal.flush()
-            os.fsync(self._journal.fileno())
+            self._mine.add((name, chunk_index))
+            self.location.write_atomic(self._journal, _journal_text(self._mine))
             self._done.add((name, chunk_index))
 
     def finalize(self, manifest: dict) -> dict:
         """Write manifest.json (arrays, fingerprint, codec + the caller's `manifest`) once all chunks are
         journaled (by any rank: other ranks' journals are read again); returns the manifest written."""
-        self._done |= self._read_journals(Path(self._journal.name))[0]
+        self._done |= self._read_journals()[0]
         missing = {name: self.pending_chunks(name) for name in self.arrays if self.pending_chunks(name)}
         if missing:
-            raise SemalignError(f"store {self.path} is missing chunks {missing}; write them before finalize()")
+            raise SemalignError(f"store {self.location} is missing chunks {missing}; write them before finalize()")
         clash = sorted(set(manifest) & set(self._spec))
         if clash:
             raise SemalignError(f"manifest keys {clash} are reserved by the store; rename them")
         full = self._spec | manifest
-        _write_atomic(self.path / MANIFEST, json.dumps(full, indent=2))
+        self.location.write_atomic(MANIFEST, json.dumps(full, indent=2))
         return full
 
     def close(self) -> None:
-        self._journal.close()
+        """Refuse further chunks (nothing stays open between chunks: each journal update is a whole write)."""
+        self._closed = True
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -310,25 +298,25 @@ class BackgroundWriter:
 class Store:
     """A finished store, read-only: `manifest` (dict), `arrays` (name -> ArraySpec)."""
 
-    def __init__(self, path: Path, manifest: dict, group: zarr.Group):
-        self.path, self.manifest, self._group = path, manifest, group
+    def __init__(self, location: Location, manifest: dict, group: zarr.Group):
+        self.location, self.manifest, self._group = location, manifest, group
         self.arrays = {name: ArraySpec(tuple(a["shape"]), a["dtype"], a["chunk_rows"])
                        for name, a in manifest["arrays"].items()}
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of array `name`: `[stop - start, *shape[1:]]`, reading only the chunks they touch."""
-        spec = _lookup(self.arrays, name, self.path)
+        spec = _lookup(self.arrays, name, self.location)
         if not 0 <= start <= stop <= spec.shape[0]:
             raise SemalignError(f"rows [{start}, {stop}) are outside array {name!r} of {spec.shape[0]} rows")
         return from_storage(self._group[name][start:stop], spec.dtype)
 
     def read(self, name: str) -> torch.Tensor:
         """The whole array `name`: `shape`."""
-        return self.read_rows(name, 0, _lookup(self.arrays, name, self.path).shape[0])
+        return self.read_rows(name, 0, _lookup(self.arrays, name, self.location).shape[0])
 
     def read_selection(self, name: str, rows: torch.Tensor) -> torch.Tensor:
         """Rows `rows` (any order, `[n]` integers) of array `name`: `[n, *shape[1:]]`, reading only their chunks."""
-        spec = _lookup(self.arrays, name, self.path)
+        spec = _lookup(self.arrays, name, self.location)
         rows = torch.as_tensor(rows, dtype=torch.int64)
         if len(rows) and not (0 <= int(rows.min()) and int(rows.max()) < spec.shape[0]):
             raise SemalignError(f"rows {rows.tolist()} reach outside array {name!r} of {spec.shape[0]} rows")
@@ -338,7 +326,7 @@ class Store:
 
     def rows(self, name: str) -> StoreRows:
         """Array `name` as a lazy row source: `len()` rows, `[rows]` reads just those rows."""
-        _lookup(self.arrays, name, self.path)
+        _lookup(self.arrays, name, self.location)
         return StoreRows(self, name)
 
 
@@ -356,20 +344,63 @@ class StoreRows:
         return self.store.read_selection(self.name, rows)
 
 
+@dataclass(frozen=True)
+class StoresConfig:
+    """`stores` section: `url`, the directory or fsspec URL under which the caches and targets live (shared
+    by every machine of a team); "" keeps them in the pipeline's own outputs under data/."""
+
+    url: str = ""
+
+
+def placed_store(local: Path, url: str, fingerprint: str) -> str | Path:
+    """Where the stage writing the store the pipeline knows as `local` (e.g. data/cache/mmlu/training.zarr)
+    puts it: `local` itself when `url` is empty, else `<url>/<local minus .zarr>-<fingerprint[:16]>.zarr`, so
+    stores made from other inputs sit side by side and a rerun on any machine resumes the same one."""
+    if not url:
+        return local
+    return f"{url.rstrip('/')}/{local.with_suffix('').as_posix()}-{fingerprint[:16]}.zarr"
+
+
+def link_store(local: Path, placed: str | Path, manifest: dict) -> None:
+    """Make `local` name the finished store at `placed` (its `manifest`): a link file `<local>.link.json`
+    (URL and fingerprint) when the store lies elsewhere, replacing a local store of an earlier run; none when
+    it is `local` itself."""
+    link = local.with_name(local.name + LINK_SUFFIX)
+    if Path(placed) == local:
+        link.unlink(missing_ok=True)
+        return
+    if local.is_dir():
+        log.warning("store %s is replaced by a link to %s: removing the local copy", local, placed)
+        Location.of(local).remove_tree(keep_last=GROUP)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    Location.of(link.parent).write_atomic(link.name, json.dumps({"url": str(placed),
+                                                                 "fingerprint": manifest["fingerprint"]}))
+
+
 def open_store(path: str | Path) -> Store:
-    """Open a finished store for reading; a missing, unfinished or corrupt store raises SemalignError."""
-    path = Path(path)
-    if not path.is_dir():
-        raise SemalignError(f"store {path} does not exist; run the `dvc repro` stage that writes it")
-    if not (path / MANIFEST).exists():
-        raise SemalignError(f"store {path} is incomplete (no {MANIFEST}): it was interrupted; rerun "
+    """Open a finished store for reading: a local path, an fsspec URL, or a local path whose link file
+    (`link_store`) names the URL; a missing, unfinished or corrupt store raises SemalignError."""
+    link = Path(str(path) + LINK_SUFFIX)
+    if "://" not in str(path) and link.is_file():
+        target = json.loads(link.read_text(encoding="utf-8"))
+        store = open_store(target["url"])
+        if store.manifest["fingerprint"] != target["fingerprint"]:
+            raise SemalignError(f"store {target['url']} (linked from {link}) holds other data than the link "
+                                "records; rerun `dvc repro` for the stage that writes it")
+        return store
+    where = Location.of(path)
+    where.refresh()
+    if not where.exists():
+        raise SemalignError(f"store {where} does not exist; run the `dvc repro` stage that writes it")
+    if not where.exists(MANIFEST):
+        raise SemalignError(f"store {where} is incomplete (no {MANIFEST}): it was interrupted; rerun "
                             "`dvc repro <stage>` for the stage that writes it (it resumes)")
     try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-        group = zarr.open_group(path, mode="r", zarr_format=3)
+        manifest = json.loads(where.read_text(MANIFEST))
+        group = zarr.open_group(where.zarr_store(read_only=True), mode="r", zarr_format=3)
         for name, spec in manifest["arrays"].items():
             if tuple(group[name].shape) != tuple(spec["shape"]):
                 raise ValueError(f"array {name!r} has shape {group[name].shape}, manifest says {spec['shape']}")
     except Exception as err:
-        raise SemalignError(f"store {path} is corrupt ({err}); delete it and rerun `dvc repro <stage>`") from err
-    return Store(path, manifest, group)
+        raise SemalignError(f"store {where} is corrupt ({err}); delete it and rerun `dvc repro <stage>`") from err
+    return Store(where, manifest, group)

@@ -8,18 +8,27 @@ v2 (newest abstract): shallow to deep, one phase per trained layer, only the fro
 sft: cross-entropy only, same adapters and data (the task-matched baseline).
 Δh_k = h_k − h_{k−1} is the layer's residual contribution ("before residual addition"). Gradients flow
 through the whole network; only LoRA parameters of the trained layers update.
+
+Under torchrun `parallel` picks how the ranks share the student: "ddp" keeps a whole copy on each rank,
+"fsdp" shards every weight, frozen ones included, over the ranks (FSDP2: each decoder layer, then the rest),
+for a student too large for one device. A sharded student's forward passes are collectives: every rank
+runs them (`layer_alignment` too) and every rank calls `save_adapter`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel
 
@@ -27,6 +36,7 @@ from semalign.activations import ResidualRecorder
 from semalign.data import Encoded
 from semalign.distributed import Ranks, Shard
 from semalign.errors import SemalignError
+from semalign.models import decoder_layers
 from semalign.objectives import (
     cross_entropy_loss,
     interface_similarity,
@@ -39,13 +49,15 @@ from semalign.progress import progress
 from semalign.store import StoreRows
 
 OBJECTIVES = ("v1", "v2", "sft")
+PARALLEL = ("ddp", "fsdp")
 TERMS = ("loss", "layer_term", "output_term")
 Rows = torch.Tensor | StoreRows  # a split's array `[N, ...]`, indexable by a tensor of row numbers
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """`train` section. batch_size is the effective batch (gradient accumulation over micro batches)."""
+    """`train` section. batch_size is the effective batch (gradient accumulation over micro batches).
+    parallel: how processes under torchrun share the student: "ddp" (a whole copy each) | "fsdp" (sharded)."""
 
     objective: str = "v1"
     lora_r: int = 16
@@ -63,6 +75,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     explode_factor: float = 100.0
     seed: int = 0
+    parallel: str = "ddp"
 
     def __post_init__(self):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
@@ -73,6 +86,10 @@ class TrainConfig:
                                 f"{self.micro_batch_size}; change one of them")
         if self.kl_positions not in ("all", "answer"):
             raise SemalignError(f"train.kl_positions {self.kl_positions!r} must be 'all' or 'answer'")
+        if self.parallel not in PARALLEL:
+            raise SemalignError(f"train.parallel {self.parallel!r} is unknown; use 'ddp' (a whole student on each "
+                                "process) or 'fsdp' (the student sharded over the processes, when it does not fit "
+                                "on one device)")
 
 
 @dataclass
@@ -146,6 +163,29 @@ def add_lora(model: PreTrainedModel, layers: list[int], config: TrainConfig) -> 
         return get_peft_model(model, lora)
 
 
+def place(model: PeftModel, config: TrainConfig, ranks: Ranks) -> PeftModel:
+    """`model` (the student with its adapters, on the CPU) on this rank's device, in place.
+
+    With `config.parallel` "fsdp" under torchrun it is sharded (FSDP2) as it moves: each decoder layer, then
+    the root with the embeddings, final norm and head (a tied head stays one parameter), so a rank holds
+    1/world of every weight and a forward gathers the root's and one layer's at a time. Otherwise the whole
+    model moves.
+    """
+    if not _sharded(config, ranks):
+        return model.to(ranks.device)
+    mesh = init_device_mesh(ranks.device.type, (ranks.world,))
+    base = model.get_base_model()
+    for block in decoder_layers(base):
+        fully_shard(block, mesh=mesh)
+    fully_shard(base, mesh=mesh)
+    return model
+
+
+def _sharded(config: TrainConfig, ranks: Ranks) -> bool:
+    """Whether `place` shards the student (FSDP in several processes; one process never shards)."""
+    return config.parallel == "fsdp" and ranks.world > 1
+
+
 def lora_parameters(model: PeftModel, layer: int) -> list[torch.nn.Parameter]:
     """The LoRA parameters of student layer `layer` (1-based)."""
     marker = f".layers.{layer - 1}."
@@ -192,13 +232,18 @@ def train(model: PeftModel, epoch_steps: Callable[[int], Iterable[list[TrainingB
     """Optimise the adapters of `layers`; `epoch_steps(epoch)` yields, per optimizer step, this process's
     micro batches of it (`step_batches`).
 
-    Under torchrun (`ranks` of several processes) the model runs in DistributedDataParallel: each rank
-    accumulates its share of the step's micro batches and the gradients are averaged once per step, so the
-    update is the one a single process makes on the whole `batch_size` (up to float summation order).
-    v2 runs one phase per layer (shallow to deep) with only the frontier's adapters trainable.
+    Under torchrun (`ranks` of several processes) the model runs in DistributedDataParallel, or, with
+    `config.parallel` "fsdp", sharded by `place` beforehand: each rank accumulates its share of the step's
+    micro batches and the gradients are averaged (FSDP: reduce-scattered) once per step, on the last micro
+    batch, so the update is the one a single process makes on the whole `batch_size` (up to float summation
+    order). v2 runs one phase per layer (shallow to deep) with only the frontier's adapters trainable: the
+    optimizer gets only those, and a sharded model gathers the others without gradients.
     A non-finite loss, or one above explode_factor × the first step's, stops with the step and term named.
     """
     ranks = ranks or Ranks({})
+    if _sharded(config, ranks) and not isinstance(model.get_base_model(), FSDPModule):
+        raise SemalignError("train.parallel is 'fsdp' but the student is not sharded; pass it through "
+                            "semalign.training.place(model, config, ranks) before training")
     accumulation = config.batch_size // config.micro_batch_size
     if accumulation % ranks.world:
         raise SemalignError(f"train.batch_size {config.batch_size} is {accumulation} micro batches of "
@@ -212,7 +257,7 @@ def train(model: PeftModel, epoch_steps: Callable[[int], Iterable[list[TrainingB
             p.requires_grad_(False)
         for p in frontier:
             p.requires_grad_(True)
-        forward = _data_parallel(model, ranks)
+        forward = _data_parallel(model, config, ranks)
         optimizer = torch.optim.AdamW(frontier, lr=config.lr, weight_decay=config.weight_decay)
         model.train()
         bar = progress(range(config.epochs * steps_per_epoch), unit="step",
@@ -221,8 +266,7 @@ def train(model: PeftModel, epoch_steps: Callable[[int], Iterable[list[TrainingB
             for micro in epoch_steps(epoch):
                 sums = torch.zeros(len(TERMS), dtype=torch.float64)
                 for i, batch in enumerate(micro):
-                    last = i == len(micro) - 1  # DDP averages the gradients across ranks on the last backward
-                    with nullcontext() if last or forward is model else forward.no_sync():
+                    with _gradient_sync(model, forward, sync=i == len(micro) - 1):
                         losses = batch_losses(model, batch, phase_layers, config, forward)
                         for term, value in losses.items():
                             if not torch.isfinite(value):
@@ -246,12 +290,29 @@ def train(model: PeftModel, epoch_steps: Callable[[int], Iterable[list[TrainingB
     return result
 
 
-def _data_parallel(model: PeftModel, ranks: Ranks) -> torch.nn.Module:
-    """The model itself in one process; under torchrun, wrapped in DDP over the parameters now trainable
-    (rebuilt each v2 phase, as the frontier moves)."""
-    if ranks.world == 1:
+def _data_parallel(model: PeftModel, config: TrainConfig, ranks: Ranks) -> torch.nn.Module:
+    """The model itself in one process or sharded (FSDP picks up each phase's trainable parameters when it
+    gathers them); under torchrun with DDP, wrapped over the parameters now trainable (rebuilt each v2 phase,
+    as the frontier moves)."""
+    if ranks.world == 1 or _sharded(config, ranks):
         return model
     return DistributedDataParallel(model, device_ids=[ranks.device] if ranks.device.type == "cuda" else None)
+
+
+@contextmanager
+def _gradient_sync(model: PeftModel, forward: torch.nn.Module, sync: bool) -> Iterator[None]:
+    """Around one micro batch's forward and backward: the gradients are averaged across ranks only if `sync`
+    (the step's last micro batch); before that each rank accumulates its own (DDP's `no_sync`, FSDP's
+    `set_requires_gradient_sync`)."""
+    base = model.get_base_model()
+    if isinstance(base, FSDPModule):
+        base.set_requires_gradient_sync(sync)
+        yield
+    elif sync or forward is model:
+        yield
+    else:
+        with forward.no_sync():
+            yield
 
 
 def steps_per_epoch(num_examples: int, config: TrainConfig) -> int:
@@ -281,6 +342,24 @@ def layer_alignment(model: PreTrainedModel | PeftModel, batches: Iterable[Traini
     return {k: {name: value / count for name, value in s.items()} for k, s in sums.items()}
 
 
-def save_adapter(model: PeftModel, out_dir: str | Path) -> None:
-    """The adapters as safetensors (PEFT's adapter_config.json + adapter_model.safetensors)."""
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+def save_adapter(model: PeftModel, out_dir: str | Path, ranks: Ranks | None = None) -> None:
+    """The adapters as safetensors (PEFT's adapter_config.json + adapter_model.safetensors), written by rank 0.
+
+    Every rank calls it: a sharded student's adapters are gathered to full tensors first (a collective), and
+    only the adapters, never the frozen weights, so the files are the ones an unsharded student writes.
+    """
+    adapters = {name: _full(t) for name, t in model.state_dict().items() if "lora_" in name}
+    if not (ranks or Ranks({})).is_main:
+        return
+    model.save_pretrained(str(out_dir), safe_serialization=True, state_dict=adapters)
+    # PEFT keeps target_modules as a set, written in an order that varies from process to process: sort it,
+    # so the same adapter is the same bytes (and DVC hash) on every run
+    config_file = Path(out_dir) / "adapter_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["target_modules"] = sorted(config["target_modules"])
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A sharded parameter gathered from every rank (a collective); any other tensor as it is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
