@@ -21,13 +21,12 @@ from semalign.config import build, write_json
 from semalign.data import load_split
 from semalign.distributed import Ranks
 from semalign.fidelity import plot_curves
-from semalign.models import load_hf_dir
 from semalign.pairing import Pairing
 from semalign.store import open_store
 from semalign.targets import target_name
 from semalign.training import (
-    TERMS, TrainConfig, add_lora, layer_alignment, micro_batches, place, save_adapter, step_batches,
-    steps_per_epoch, token_tensors, train,
+    TERMS, TrainConfig, layer_alignment, load_student, micro_batches, save_adapter, step_batches, steps_per_epoch,
+    token_tensors, train,
 )
 
 TOPK = ("topk_logprobs", "topk_ids", "rest_logmass")
@@ -68,8 +67,7 @@ def main() -> None:
 
     with Ranks() as ranks:
         tensors, targets = training_rows(args.task, layers, with_topk=config.objective == "v2")
-        student, _ = load_hf_dir(Path("data/models/student"))
-        model = place(add_lora(student, layers, config), config, ranks)
+        model = load_student(Path("data/models/student"), layers, config, ranks)
         held_tensors, held_targets = held_out_inputs(args.task, layers)
         held_out = list(micro_batches(held_tensors, held_targets, config.micro_batch_size,
                                       torch.Generator().manual_seed(0)))

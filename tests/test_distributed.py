@@ -1,6 +1,6 @@
 """Data parallelism under torchrun: `cache`, `align` and `evaluate` in 2 CPU processes (gloo) write the same
 stores (kept in S3 on a local moto server, reached through link files) and results as one process, and
-`train` (DDP) the same adapters; a store written by several ranks journals per rank, resumes whatever the
+`train` (FSDP: the student sharded, only rank 0 reading its weights) the same adapters; a store written by several ranks journals per rank, resumes whatever the
 number of processes, and is only ever created by rank 0."""
 
 import json
@@ -46,6 +46,7 @@ def test_two_processes_write_what_one_process_writes(single, tmp_path, s3_bucket
         shutil.rmtree(multi / out)
     params = yaml.safe_load((multi / "params.yaml").read_text())
     params["stores"]["url"] = f"{s3_bucket}/team"
+    params["train"]["parallel"] = "fsdp"  # DDP in two processes: tests/test_training.py
     (multi / "params.yaml").write_text(yaml.safe_dump(params))
     torchrun(["stages/cache.py", "--task", "mmlu"], multi)
     torchrun(["stages/align.py", "--task", "mmlu"], multi)
@@ -71,7 +72,7 @@ def test_two_processes_write_what_one_process_writes(single, tmp_path, s3_bucket
     adapter = Path("data/adapters/mmlu/v1/adapter_model.safetensors")
     one, two = load_file(single / adapter), load_file(multi / adapter)
     assert set(one) == set(two) and one
-    for name in one:  # DDP averages the two ranks' accumulated gradients: equal up to float summation order
+    for name in one:  # the two ranks' accumulated gradients are averaged: equal up to float summation order
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
     steps_one, steps_two = (json.loads((repo / "plots/train/mmlu/v1.json").read_text()) for repo in (single, multi))
     assert len(steps_two) == len(steps_one) == 2

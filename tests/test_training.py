@@ -55,9 +55,10 @@ def other_model_targets(tensors, layers) -> dict[int, torch.Tensor]:
     return {k: rec.states[k] - rec.states[k - 1] for k in layers}
 
 
-def student(layers, config, tied=False):
-    return add_lora(tiny_model("qwen2", seed=1, num_layers=LAYERS, hidden_size=32, tie_word_embeddings=tied),
-                    layers, config)
+def student(layers, config, tied=False, device="cpu"):
+    with torch.device(device):  # "meta": the architecture without weights
+        return add_lora(tiny_model("qwen2", seed=1, num_layers=LAYERS, hidden_size=32, tie_word_embeddings=tied),
+                        layers, config)
 
 
 def epochs_of(tensors, targets, config):
@@ -207,7 +208,9 @@ def trained(config: TrainConfig, ranks: Ranks, tied: bool = False) -> tuple[Peft
     the model, placed (sharded under FSDP), and its records."""
     tensors = split_tensors()
     targets = other_model_targets(tensors, [1, 3])
-    model = place(student([1, 3], config, tied), config, ranks)
+    # sharded, rank 0 alone has weights: the others start from the bare architecture and receive theirs
+    device = "meta" if config.parallel == "fsdp" and ranks.rank > 0 else "cpu"
+    model = place(student([1, 3], config, tied, device), config, ranks)
 
     def epoch_steps(epoch):
         return step_batches(tensors, targets, config, torch.Generator().manual_seed(epoch), ranks.shard)

@@ -102,6 +102,11 @@ class Ranks:
         dist.all_reduce(total)
         return total.cpu()
 
+    def broadcast(self, tensor: torch.Tensor) -> None:
+        """Overwrite `tensor` (on this rank's device) with rank 0's, on every rank."""
+        if self.world > 1:
+            dist.broadcast(tensor, src=0)
+
     def tag(self, desc: str) -> str:
         """`desc` for a progress bar, naming the rank when there are several."""
         return desc if self.world == 1 else f"{desc} [rank {self.rank}/{self.world}]"

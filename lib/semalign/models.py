@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from semalign.embedded import assemble_gguf, embedded_model, verify_sha256
 from semalign.errors import SemalignError
@@ -98,6 +98,16 @@ def load_hf_dir(
     )
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     return model.to(device).eval(), tokenizer
+
+
+def empty_hf_model(path: Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """The architecture of the local model directory `path` with no weights (parameters on the meta device,
+    nothing read but config.json): for a process that receives its weights from another (`training.place`)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise SemalignError(f"{path} is not a model directory (no config.json); run `dvc repro materialize`")
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, local_files_only=True), dtype=dtype)
 
 
 def merge_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PreTrainedModel:

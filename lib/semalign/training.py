@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
@@ -36,7 +37,7 @@ from semalign.activations import ResidualRecorder
 from semalign.data import Encoded
 from semalign.distributed import Ranks, Shard
 from semalign.errors import SemalignError
-from semalign.models import decoder_layers
+from semalign.models import decoder_layers, empty_hf_model, load_hf_dir
 from semalign.objectives import (
     cross_entropy_loss,
     interface_similarity,
@@ -163,21 +164,36 @@ def add_lora(model: PreTrainedModel, layers: list[int], config: TrainConfig) -> 
         return get_peft_model(model, lora)
 
 
+def load_student(path: Path, layers: list[int], config: TrainConfig, ranks: Ranks) -> PeftModel:
+    """The student of the local model directory `path` with LoRA on `layers` (`add_lora`), placed on this rank
+    (`place`). Sharded (FSDP), only rank 0 reads the weights: the other ranks build the architecture without
+    weights and receive their shards from it, so the hosts hold one copy of the student, not one per process."""
+    student = empty_hf_model(path) if _sharded(config, ranks) and not ranks.is_main else load_hf_dir(path)[0]
+    return place(add_lora(student, layers, config), config, ranks)
+
+
 def place(model: PeftModel, config: TrainConfig, ranks: Ranks) -> PeftModel:
     """`model` (the student with its adapters, on the CPU) on this rank's device, in place.
 
     With `config.parallel` "fsdp" under torchrun it is sharded (FSDP2) as it moves: each decoder layer, then
     the root with the embeddings, final norm and head (a tied head stays one parameter), so a rank holds
-    1/world of every weight and a forward gathers the root's and one layer's at a time. Otherwise the whole
-    model moves.
+    1/world of every weight and a forward gathers the root's and one layer's at a time. Every weight, adapters
+    and buffers included, is then rank 0's: the other ranks may pass a model on the meta device.
+    Otherwise the whole model moves.
     """
     if not _sharded(config, ranks):
         return model.to(ranks.device)
+    weights = model.state_dict() if ranks.is_main else {}  # full tensors, on the CPU, on rank 0 only
     mesh = init_device_mesh(ranks.device.type, (ranks.world,))
     base = model.get_base_model()
     for block in decoder_layers(base):
         fully_shard(block, mesh=mesh)
     fully_shard(base, mesh=mesh)
+    if any(p.is_meta for p in model.parameters()):
+        model.to_empty(device=ranks.device)
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buffer in model.buffers():  # unsharded and outside the state dict (e.g. rotary frequencies)
+        ranks.broadcast(buffer)
     return model
 
 
