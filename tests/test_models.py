@@ -7,7 +7,9 @@ import torch
 
 from semalign import embedded
 from semalign.errors import SemalignError
-from semalign.models import ModelSource, decoder_layers, final_norm, load_hf_dir, load_source, model_info, save_hf_dir
+from semalign.models import (
+    ModelSource, decoder_layers, empty_hf_model, final_norm, load_hf_dir, load_source, model_info, save_hf_dir,
+)
 from semalign.tiny import tiny_model, tiny_tokenizer
 
 
@@ -30,8 +32,17 @@ def test_model_info_reads_depth_width_vocab():
 
 
 def test_missing_directory_names_the_fix(tmp_path):
-    with pytest.raises(SemalignError, match="dvc repro materialize"):
-        load_hf_dir(tmp_path / "nowhere")
+    for load in (load_hf_dir, empty_hf_model):
+        with pytest.raises(SemalignError, match="dvc repro materialize"):
+            load(tmp_path / "nowhere")
+
+
+def test_empty_model_has_the_architecture_and_no_weights(tmp_path):
+    model = tiny_model("qwen2", seed=3, num_layers=3, hidden_size=32)
+    save_hf_dir(model, tiny_tokenizer(), tmp_path / "m")
+    empty = empty_hf_model(tmp_path / "m")
+    assert all(p.is_meta for p in empty.parameters())
+    assert {n: p.shape for n, p in empty.named_parameters()} == {n: p.shape for n, p in model.named_parameters()}
 
 
 def test_pickle_weights_are_refused_unless_allowed(tmp_path):

@@ -75,16 +75,22 @@ def load_source(source: ModelSource, dtype: torch.dtype = torch.float32) -> tupl
         return load_gguf(gguf_path, dtype=dtype)
 
 
-def load_hf_dir(
-    path: Path, allow_pickle: bool = False, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a local Hugging Face directory; refuse pickle weights unless `allow_pickle`."""
+def _model_dir(path: str | Path) -> Path:
+    """`path` as a Path, if it is a Hugging Face model directory (has config.json)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise SemalignError(
             f"{path} is not a model directory (no config.json); run `dvc repro materialize` "
             "or point models.<role>.path in params.yaml at a local Hugging Face directory"
         )
+    return path
+
+
+def load_hf_dir(
+    path: Path, allow_pickle: bool = False, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a local Hugging Face directory; refuse pickle weights unless `allow_pickle`."""
+    path = _model_dir(path)
     has_safetensors = any(path.glob("*.safetensors"))
     if not has_safetensors and any(path.glob("*.bin")) and not allow_pickle:
         raise SemalignError(
@@ -103,9 +109,7 @@ def load_hf_dir(
 def empty_hf_model(path: Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """The architecture of the local model directory `path` with no weights (parameters on the meta device,
     nothing read but config.json): for a process that receives its weights from another (`training.place`)."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise SemalignError(f"{path} is not a model directory (no config.json); run `dvc repro materialize`")
+    path = _model_dir(path)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, local_files_only=True), dtype=dtype)
 
