@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from semalign.cache import CacheConfig, cache_arrays, kept_layers, write_teacher_cache
 from semalign.data import Encoded
 from semalign.store import StoreWriter
-from semalign.tiny import build_model, real_shape_config, tiny_config
+from semalign.teacher.cache import CacheConfig, cache_arrays, kept_layers, write_teacher_cache
+from semalign.testing import build_model, real_shape_config, tiny_config
 
 
 def disk_bytes_per_second(directory: Path, size: int = 1 << 30) -> float:
@@ -44,13 +44,17 @@ def synchronize(device: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shape", default="qwen2.5-coder-1.5b", help="real shape name, or 'tiny'")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--dtype", default=None, help="model dtype (default bfloat16 on cuda, float32 on cpu)")
+    parser.add_argument(
+        "--dtype", default=None, help="model dtype (default bfloat16 on cuda, float32 on cpu)"
+    )
     parser.add_argument("--codec", default="zstd", choices=["zstd", "none"])
     parser.add_argument("--writers", type=int, default=8, help="background writer threads")
     parser.add_argument("--workdir", default=None, help="where the store is written (default: a temp dir)")
@@ -60,7 +64,9 @@ def main() -> None:
     config = tiny_config("qwen2") if args.shape == "tiny" else real_shape_config(args.shape)
     model = build_model(config).to(args.device, dtype)
     model.requires_grad_(False)
-    ids = torch.randint(0, config.vocab_size, (args.examples, args.length), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(
+        0, config.vocab_size, (args.examples, args.length), generator=torch.Generator().manual_seed(0)
+    )
     mask = torch.ones_like(ids)
     encoded = Encoded(ids, mask, mask.bool(), ids.clone())
     tokens = ids.numel()
@@ -70,7 +76,7 @@ def main() -> None:
         synchronize(args.device)
         started = time.perf_counter()
         for start in range(0, args.examples, args.batch_size):
-            model(input_ids=ids[start:start + args.batch_size].to(args.device), use_cache=False)
+            model(input_ids=ids[start : start + args.batch_size].to(args.device), use_cache=False)
         synchronize(args.device)
     bare = tokens / (time.perf_counter() - started)
 
@@ -91,12 +97,17 @@ def main() -> None:
     shutil.rmtree(workdir, ignore_errors=args.workdir is None)
 
     roofline = min(bare, disk / stored_per_token)
-    print(f"device {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), "
-          f"shape {args.shape}, {args.examples}x{args.length} tokens, model {dtype}, codec {args.codec}, "
-          f"{args.writers} writer threads")
+    print(
+        f"device {args.device} "
+        f"({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), "
+        f"shape {args.shape}, {args.examples}x{args.length} tokens, model {dtype}, codec {args.codec}, "
+        f"{args.writers} writer threads"
+    )
     print(f"bare forward          {bare:12.1f} tokens/s")
-    print(f"disk (fsync)          {disk / 1e9:12.3f} GB/s -> {disk / stored_per_token:.1f} tokens/s at "
-          f"{stored_per_token / 1024:.1f} KiB/token")
+    print(
+        f"disk (fsync)          {disk / 1e9:12.3f} GB/s -> {disk / stored_per_token:.1f} tokens/s at "
+        f"{stored_per_token / 1024:.1f} KiB/token"
+    )
     print(f"cache stage           {cached:12.1f} tokens/s")
     print(f"ratio cache / bare    {cached / bare:12.3f}")
     print(f"ratio cache / roofline {cached / roofline:11.3f}  (roofline = min(bare, disk / bytes per token))")

@@ -1,4 +1,5 @@
-"""Time torch.linalg.pinv against the chunked normal-equations route of semalign.bases (no store writes).
+"""Time torch.linalg.pinv against the chunked normal-equations route of semalign.teacher.bases (no store
+writes).
 
     python bench/bench_pinv.py                      # 151,936 × 1,536 on CPU: under 3 minutes on 2 cores
     python bench/bench_pinv.py --device cuda --repeats 5
@@ -18,11 +19,12 @@ import time
 
 import torch
 
-from semalign.bases import gram, inverse_gram, pinv_row_chunks, unit_rows
+from semalign.teacher.bases import gram, inverse_gram, pinv_row_chunks, unit_rows
 
 
 def chunked_rows(w: torch.Tensor, chunk_rows: int) -> torch.Tensor:
-    """The bases route: unit rows of pinv(w)ᵀ, `w: [V, D]` -> `[V, D]` float32 (kept in memory for the check)."""
+    """The bases route: unit rows of pinv(w)ᵀ, `w: [V, D]` -> `[V, D]` float32 (kept in memory for the
+    check)."""
     g_inv = inverse_gram(gram(w, chunk_rows))
     return torch.cat([unit_rows(rows) for _, rows in pinv_row_chunks(w, g_inv, chunk_rows)])
 
@@ -55,21 +57,32 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--vocab", type=int, default=151936, help="rows V of the random LM head")
     parser.add_argument("--d", type=int, default=1536, help="width D of the random LM head")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per route at most")
-    parser.add_argument("--budget-s", type=float, default=50.0, help="stop repeating a route after this many seconds")
+    parser.add_argument(
+        "--budget-s", type=float, default=50.0, help="stop repeating a route after this many seconds"
+    )
     parser.add_argument("--chunk-rows", type=int, default=16384, help="rows per chunk of the chunked route")
-    parser.add_argument("--check-rows", type=int, default=16384,
-                        help="on CPU, rows of W used for the float64 error check (0: the full W)")
+    parser.add_argument(
+        "--check-rows",
+        type=int,
+        default=16384,
+        help="on CPU, rows of W used for the float64 error check (0: the full W)",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
     # Column scales spread over 10× give κ(W) ≈ 10, near the ~67 measured on the Qwen2.5-Coder-1.5B head.
     w = (torch.randn(args.vocab, args.d) * torch.logspace(-0.5, 0.5, args.d)).to(args.device)
-    print(f"W: {args.vocab} × {args.d} float32 on {args.device}, {args.repeats} repeats, chunk {args.chunk_rows} rows")
+    print(
+        f"W: {args.vocab} × {args.d} float32 on {args.device}, {args.repeats} repeats, chunk "
+        f"{args.chunk_rows} rows"
+    )
 
     direct_s, direct_n = timed(pinv_rows_direct, w, args.repeats, args.budget_s)
     chunked_s, chunked_n = timed(lambda m: chunked_rows(m, args.chunk_rows), w, args.repeats, args.budget_s)
@@ -79,13 +92,17 @@ def main() -> None:
 
     check = w if args.device != "cpu" or args.check_rows <= 0 else w[: args.check_rows]
     if check.shape[0] < w.shape[0]:
-        print(f"error check on the first {check.shape[0]} rows ({check.shape[0]} × {args.d}): "
-              "float64 pinv of the full W is too slow on a CPU")
+        print(
+            f"error check on the first {check.shape[0]} rows ({check.shape[0]} × {args.d}): "
+            "float64 pinv of the full W is too slow on a CPU"
+        )
     reference = pinv_rows_direct(check.double())
     direct_error = relative_error(pinv_rows_direct(check), reference)
     print(f"relative error vs float64 pinv, torch.linalg.pinv fp32: {direct_error:.2e}")
-    print(f"relative error vs float64 pinv, chunked route:          "
-          f"{relative_error(chunked_rows(check, args.chunk_rows), reference):.2e}")
+    print(
+        f"relative error vs float64 pinv, chunked route:          "
+        f"{relative_error(chunked_rows(check, args.chunk_rows), reference):.2e}"
+    )
 
 
 if __name__ == "__main__":

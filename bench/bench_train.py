@@ -19,11 +19,11 @@ import time
 
 import torch
 
-from semalign.activations import TeacherBatch, teacher_forward
-from semalign.latent_maps import semantic_map
-from semalign.targets import to_student_space
-from semalign.tiny import build_model, real_shape_config
-from semalign.training import TrainConfig, TrainingBatch, add_lora, batch_losses
+from semalign.align.latent_maps import semantic_map
+from semalign.align.targets import to_student_space
+from semalign.student.training import TrainConfig, TrainingBatch, add_lora, batch_losses
+from semalign.teacher.activations import TeacherBatch, teacher_forward
+from semalign.testing import build_model, real_shape_config
 
 TEACHER, STUDENT, LAYER, TEACHER_LAYER, TOP_K = "qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", 12, 14, 64
 
@@ -36,8 +36,12 @@ def peak_bytes(device: str) -> int:
 
 def child(mode: str, args) -> dict:
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    config = TrainConfig(objective="sft" if mode == "sft" else "v2", batch_size=args.micro_batch,
-                         micro_batch_size=args.micro_batch, lora_dropout=0.0)
+    config = TrainConfig(
+        objective="sft" if mode == "sft" else "v2",
+        batch_size=args.micro_batch,
+        micro_batch_size=args.micro_batch,
+        lora_dropout=0.0,
+    )
     student = add_lora(build_model(real_shape_config(STUDENT)).to(args.device, dtype), [LAYER], config)
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-4)
     g = torch.Generator().manual_seed(0)
@@ -49,18 +53,34 @@ def child(mode: str, args) -> dict:
     if mode == "cache":  # what the cache holds, read into memory; values do not affect speed
         shape = (args.micro_batch, args.length)
         logprobs = torch.log_softmax(torch.randn(*shape, 151936, generator=g), -1).topk(TOP_K, -1)
-        cached = TeacherBatch({ell: torch.randn(*shape, d_teacher, generator=g).to(args.device, dtype)
-                               for ell in (TEACHER_LAYER - 1, TEACHER_LAYER)},
-                              logprobs.values.to(args.device), logprobs.indices.int().to(args.device),
-                              torch.log1p(-logprobs.values.exp().sum(-1)).to(args.device))
+        cached = TeacherBatch(
+            {
+                ell: torch.randn(*shape, d_teacher, generator=g).to(args.device, dtype)
+                for ell in (TEACHER_LAYER - 1, TEACHER_LAYER)
+            },
+            logprobs.values.to(args.device),
+            logprobs.indices.int().to(args.device),
+            torch.log1p(-logprobs.values.exp().sum(-1)).to(args.device),
+        )
 
     def batch() -> TrainingBatch:
         if mode == "sft":
             return TrainingBatch(ids, mask, ids)
-        out = cached if mode == "cache" else teacher_forward(teacher, ids, mask, [TEACHER_LAYER - 1, TEACHER_LAYER], TOP_K)
+        out = (
+            cached
+            if mode == "cache"
+            else teacher_forward(teacher, ids, mask, [TEACHER_LAYER - 1, TEACHER_LAYER], TOP_K)
+        )
         delta = (out.hidden[TEACHER_LAYER] - out.hidden[TEACHER_LAYER - 1]).float()
-        return TrainingBatch(ids, mask, ids, {LAYER: to_student_space(delta, aligned)},
-                             out.topk_logprobs, out.topk_ids, out.rest_logmass)
+        return TrainingBatch(
+            ids,
+            mask,
+            ids,
+            {LAYER: to_student_space(delta, aligned)},
+            out.topk_logprobs,
+            out.topk_ids,
+            out.rest_logmass,
+        )
 
     times = []
     for step in range(args.warmup + args.steps):
@@ -75,11 +95,17 @@ def child(mode: str, args) -> dict:
             torch.cuda.synchronize()
         if step >= args.warmup:
             times.append(time.perf_counter() - started)
-    return {"mode": mode, "step_seconds": sorted(times)[len(times) // 2], "peak_bytes": peak_bytes(args.device)}
+    return {
+        "mode": mode,
+        "step_seconds": sorted(times)[len(times) // 2],
+        "peak_bytes": peak_bytes(args.device),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--micro-batch", type=int, default=4)
@@ -92,17 +118,29 @@ def main() -> None:
         return
     results = {}
     for mode in ("sft", "cache", "live"):
-        done = subprocess.run([sys.executable, __file__, "--child", mode, *sys.argv[1:]], capture_output=True, text=True,
-                              check=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", mode, *sys.argv[1:]],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"device {args.device} ({name}); student {STUDENT} (LoRA on layer {LAYER}), teacher {TEACHER}; "
-          f"{args.micro_batch} x {args.length} tokens per step; median of {args.steps} steps")
+    print(
+        f"device {args.device} ({name}); student {STUDENT} (LoRA on layer {LAYER}), teacher {TEACHER}; "
+        f"{args.micro_batch} x {args.length} tokens per step; median of {args.steps} steps"
+    )
     for mode, r in results.items():
         print(f"{mode:6s} step {r['step_seconds']:8.3f} s   peak memory {r['peak_bytes'] / 2**30:7.2f} GiB")
-    print(f"speed-up of training from the cache over a live teacher: {results['live']['step_seconds'] / results['cache']['step_seconds']:.2f}x")
-    print(f"peak memory vs student-only: cache {results['cache']['peak_bytes'] / results['sft']['peak_bytes']:.2f}x, "
-          f"live {results['live']['peak_bytes'] / results['sft']['peak_bytes']:.2f}x")
+    print(
+        f"speed-up of training from the cache over a live teacher: "
+        f"{results['live']['step_seconds'] / results['cache']['step_seconds']:.2f}x"
+    )
+    print(
+        f"peak memory vs student-only: cache "
+        f"{results['cache']['peak_bytes'] / results['sft']['peak_bytes']:.2f}x, "
+        f"live {results['live']['peak_bytes'] / results['sft']['peak_bytes']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

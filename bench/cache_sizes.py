@@ -1,4 +1,5 @@
-"""Teacher-cache sizes, computed from the store layout (`semalign.cache.cache_arrays`) and params.yaml.
+"""Teacher-cache sizes, computed from the store layout (`semalign.teacher.cache.cache_arrays`) and
+params.yaml.
 
     python bench/cache_sizes.py              # the markdown table in the README's "Several GPUs" section
 
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from semalign.cache import CacheConfig, cache_arrays, kept_layers
 from semalign.config import build
+from semalign.teacher.cache import CacheConfig, cache_arrays, kept_layers
 
 GB = 1e9
 PAPER_SIZES = {"alignment": 128, "training": 1000}
@@ -36,26 +37,37 @@ def size_table(params: dict) -> str:
     config = build(CacheConfig, params["cache"], "cache")
     max_length = params["data"]["max_length"]
     default = {split: params["data"]["tasks"]["mmlu"][split] for split in PAPER_SIZES}
-    runs = [("Qwen2.5-Coder-1.5B", "embedded default", default), ("Qwen2.5-Coder-1.5B", "paper sizes", PAPER_SIZES),
-            ("Llama-2-13B", "paper sizes", PAPER_SIZES)]
-    lines = ["| teacher | examples (alignment + training) | KiB / token | alignment GB | training GB | total GB |",
-             "|---|---|---|---|---|---|"]
+    runs = [
+        ("Qwen2.5-Coder-1.5B", "embedded default", default),
+        ("Qwen2.5-Coder-1.5B", "paper sizes", PAPER_SIZES),
+        ("Llama-2-13B", "paper sizes", PAPER_SIZES),
+    ]
+    lines = [
+        "| teacher | examples (alignment + training) | KiB / token | alignment GB | training GB | total GB |",
+        "|---|---|---|---|---|---|",
+    ]
     for teacher, label, sizes in runs:
         layers, width = TEACHERS[teacher]
         per_split = {split: split_bytes(layers, width, n, max_length, config) for split, n in sizes.items()}
         per_token = split_bytes(layers, width, 1, 1, config) / 1024
-        lines.append(f"| {teacher} ({layers} layers, d {width}) | {sizes['alignment']} + {sizes['training']} "
-                     f"({label}) | {per_token:.0f} | {per_split['alignment'] / GB:.2f} | "
-                     f"{per_split['training'] / GB:.2f} | {sum(per_split.values()) / GB:.2f} |")
+        lines.append(
+            f"| {teacher} ({layers} layers, d {width}) | {sizes['alignment']} + {sizes['training']} "
+            f"({label}) | {per_token:.0f} | {per_split['alignment'] / GB:.2f} | "
+            f"{per_split['training'] / GB:.2f} | {sum(per_split.values()) / GB:.2f} |"
+        )
     kept = "all layers" if config.layers == "all" else f"layers {config.layers}"
     lines.append("")
-    lines.append(f"(cache.dtype {config.dtype}, {kept}, top-{config.top_k} log-probs, rows padded to "
-                 f"data.max_length {max_length}; uncompressed)")
+    lines.append(
+        f"(cache.dtype {config.dtype}, {kept}, top-{config.top_k} log-probs, rows padded to "
+        f"data.max_length {max_length}; uncompressed)"
+    )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--params", type=Path, default=Path(__file__).resolve().parents[1] / "params.yaml")
     args = parser.parse_args()
     print(size_table(yaml.safe_load(args.params.read_text())))

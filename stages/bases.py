@@ -6,48 +6,48 @@ The student's run also checks that its vocabulary lines up with the teacher's be
 """
 
 import argparse
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from transformers import AutoConfig
 
-from semalign.bases import VARIANTS, align_vocabularies, vocabulary_tokens, write_bases
-from semalign.config import build, write_json
-from semalign.embedded import sha256_of
+from semalign.config import read_section
+from semalign.files import sha256_of, write_json
 from semalign.models import load_hf_dir, load_tokenizer, model_info
-
-
-@dataclass(frozen=True)
-class BasesConfig:
-    """`bases` section: which variants to write, and vocabulary rows per chunk of the store."""
-
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    chunk_rows: int = 16384
+from semalign.teacher.bases import BasesConfig, align_vocabularies, vocabulary_tokens, write_bases
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--role", choices=["teacher", "student"], required=True)
     args = parser.parse_args()
-    config = build(BasesConfig, yaml.safe_load(Path("params.yaml").read_text())["bases"], "bases")
+    config = read_section(BasesConfig, "bases")
 
     model_dir = Path("data/models") / args.role
     model, tokenizer = load_hf_dir(model_dir)
     info = model_info(model)
-    metrics = {"role": args.role, "vocab_size": info.vocab_size, "d_model": info.d_model, "variants": config.variants}
+    metrics = {
+        "role": args.role,
+        "vocab_size": info.vocab_size,
+        "d_model": info.d_model,
+        "variants": config.variants,
+    }
     if args.role == "student":
         teacher_dir = Path("data/models/teacher")
         teacher_rows = AutoConfig.from_pretrained(teacher_dir, local_files_only=True).vocab_size
-        vocab = align_vocabularies(vocabulary_tokens(load_tokenizer(teacher_dir), teacher_rows),
-                                   vocabulary_tokens(tokenizer, info.vocab_size))
+        vocab = align_vocabularies(
+            vocabulary_tokens(load_tokenizer(teacher_dir), teacher_rows),
+            vocabulary_tokens(tokenizer, info.vocab_size),
+        )
         metrics["vocabulary"] = {"identical": vocab.identical, "kept": vocab.kept}
     model_id = f"{info.arch}:{sha256_of(model_dir / 'model.safetensors')}"
-    seconds = write_bases(model, Path("data/bases") / f"{args.role}.zarr", model_id, tuple(config.variants),
-                          config.chunk_rows)
+    seconds = write_bases(
+        model, Path("data/bases") / f"{args.role}.zarr", model_id, tuple(config.variants), config.chunk_rows
+    )
     metrics["seconds"] = {name: round(value, 2) for name, value in seconds.items()}
     write_json(Path("metrics/bases") / f"{args.role}.json", metrics)
-    print(f"bases {args.role}: {config.variants} [{info.vocab_size}, {info.d_model}] in {seconds['total']:.1f}s")
+    print(
+        f"bases {args.role}: {config.variants} [{info.vocab_size}, {info.d_model}] in {seconds['total']:.1f}s"
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Stage `cache@<task>`: run the teacher once over the alignment and training splits and store its
-residual stream and top-k next-token distribution (lib/semalign/cache.py has the layout).
+residual stream and top-k next-token distribution (lib/semalign/teacher/cache.py has the layout).
 
 Killed at any point, a rerun resumes: finished chunks are journaled and kept, the rest recomputed.
 Data-parallel under `torchrun --nproc-per-node N stages/cache.py --task <task>`: each rank computes its share
@@ -14,15 +14,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import yaml
-
-from semalign.cache import CacheConfig, cache_arrays, kept_layers, write_teacher_cache
-from semalign.config import build, write_json
+from semalign.config import read_section
 from semalign.data import data_fingerprint, load_split
-from semalign.embedded import sha256_of
-from semalign.models import load_hf_dir, model_info
 from semalign.distributed import Ranks, finish_store, shared_writer
+from semalign.files import sha256_of, write_json
+from semalign.models import load_hf_dir, model_info
 from semalign.store import StoresConfig
+from semalign.teacher.cache import CacheConfig, cache_arrays, kept_layers, write_teacher_cache
 
 SPLITS = ("alignment", "training")
 
@@ -31,19 +29,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", required=True)
     args = parser.parse_args()
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    config = build(CacheConfig, params["cache"], "cache")
-    stores = build(StoresConfig, params["stores"], "stores")
+    config = read_section(CacheConfig, "cache")
+    stores = read_section(StoresConfig, "stores")
 
     with Ranks() as ranks:
         metrics = write_caches(args.task, config, stores, ranks)
         if ranks.is_main:
             write_json(Path("metrics/cache") / f"{args.task}.json", metrics)
-            print(f"cache {args.task}: " + ", ".join(f"{s} {m['tokens']} tokens" for s, m in metrics["splits"].items()))
+            print(
+                f"cache {args.task}: "
+                + ", ".join(f"{s} {m['tokens']} tokens" for s, m in metrics["splits"].items())
+            )
 
 
 def write_caches(task: str, config: CacheConfig, stores: StoresConfig, ranks: Ranks) -> dict:
-    """Cache both splits of `task` (this rank's share of their chunks) where `stores` says; the metrics of the run."""
+    """Cache both splits of `task` (this rank's share of their chunks) where `stores` says; the metrics of
+    the run."""
     teacher_dir = Path("data/models/teacher")
     model, _ = load_hf_dir(teacher_dir, device=ranks.device)
     info = model_info(model)
@@ -53,28 +54,49 @@ def write_caches(task: str, config: CacheConfig, stores: StoresConfig, ranks: Ra
     for split in SPLITS:
         encoded, _ = load_split(Path("data/tasks") / task, split)
         data_hash = data_fingerprint(encoded.tensors())
-        identity = {"teacher_weights_sha256": weights, "data_fingerprint": data_hash, "config": asdict(config)}
+        identity = {
+            "teacher_weights_sha256": weights,
+            "data_fingerprint": data_hash,
+            "config": asdict(config),
+        }
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         arrays = cache_arrays(*encoded.input_ids.shape, info.d_model, layers, config)
         local = Path("data/cache") / task / f"{split}.zarr"
         started = time.perf_counter()
         with shared_writer(ranks, local, arrays, fingerprint, codec=config.codec, url=stores.url) as writer:
-            computed = write_teacher_cache(model, encoded, writer, config, desc=ranks.tag(f"cache {task}/{split}"),
-                                           shard=ranks.shard)
-            finish_store(ranks, writer, {"teacher": {"arch": info.arch, "num_layers": info.num_layers,
-                                                     "d_model": info.d_model, "vocab_size": info.vocab_size,
-                                                     "weights_sha256": weights},
-                                         "data_fingerprint": data_hash, "layers": layers, "config": asdict(config)},
-                         local)
+            computed = write_teacher_cache(
+                model, encoded, writer, config, desc=ranks.tag(f"cache {task}/{split}"), shard=ranks.shard
+            )
+            finish_store(
+                ranks,
+                writer,
+                {
+                    "teacher": {
+                        "arch": info.arch,
+                        "num_layers": info.num_layers,
+                        "d_model": info.d_model,
+                        "vocab_size": info.vocab_size,
+                        "weights_sha256": weights,
+                    },
+                    "data_fingerprint": data_hash,
+                    "layers": layers,
+                    "config": asdict(config),
+                },
+                local,
+            )
             seconds = time.perf_counter() - started
             computed = ranks.sum(computed)
         tokens = int(encoded.attention_mask.sum())
         stored, files = writer.location.size()
         logical = sum(spec.nbytes for spec in arrays.values())
         metrics["splits"][split] = {
-            "examples": int(encoded.input_ids.shape[0]), "tokens": tokens, "chunks_computed": computed,
-            "seconds": round(seconds, 1), "tokens_per_second": round(tokens / seconds, 1) if computed else None,
-            "store_bytes": stored, "compression_ratio": round(logical / stored, 2),
+            "examples": int(encoded.input_ids.shape[0]),
+            "tokens": tokens,
+            "chunks_computed": computed,
+            "seconds": round(seconds, 1),
+            "tokens_per_second": round(tokens / seconds, 1) if computed else None,
+            "store_bytes": stored,
+            "compression_ratio": round(logical / stored, 2),
             "files": files,
         }
     return metrics

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from semalign.config import build, write_json
+from semalign.config import build
 from semalign.data import DataConfig, encode, save_split, split_items
+from semalign.files import write_json
 from semalign.models import load_tokenizer
 from semalign.tasks import load_task
 
@@ -34,11 +35,18 @@ def main() -> None:
     }
     write_json(
         Path("metrics/data") / f"{args.task}.json",
-        {"source": str(loaded.source), "items": len(loaded.items), "skipped": loaded.skipped,
-         "evaluation_only": sizes.evaluation_only, "splits": summaries},
+        {
+            "source": str(loaded.source),
+            "items": len(loaded.items),
+            "skipped": loaded.skipped,
+            "evaluation_only": sizes.evaluation_only,
+            "splits": summaries,
+        },
     )
-    print(f"data {args.task}{' (evaluation only)' if sizes.evaluation_only else ''}: "
-          + ", ".join(f"{name} {s['examples']}" for name, s in summaries.items()))
+    print(
+        f"data {args.task}{' (evaluation only)' if sizes.evaluation_only else ''}: "
+        + ", ".join(f"{name} {s['examples']}" for name, s in summaries.items())
+    )
 
 
 if __name__ == "__main__":

@@ -17,25 +17,29 @@ import torch
 import yaml
 
 from semalign.baselines.delta import DELTA_FILE, apply_delta, load_delta
-from semalign.config import build, write_json
+from semalign.config import build
 from semalign.data import load_split
-from semalign.embedded import sha256_of
-from semalign.errors import SemalignError
 from semalign.distributed import Ranks
+from semalign.errors import SemalignError
 from semalign.evaluation.runner import EvalConfig, evaluate_task, merge_results, protocol, summarise_results
+from semalign.files import sha256_of, write_json
 from semalign.models import load_hf_dir, merge_adapter
 
 BASE_MODELS = ("teacher", "student")
 
 
 def load_variant(task: str, variant: str, device: str | torch.device):
-    """(model, tokenizer, sha256 over the weight files) of a base model or of the student + an adapter / a delta."""
+    """(model, tokenizer, sha256 over the weight files) of a base model or of the student + an adapter / a
+    delta."""
     folders = [Path("data/models") / (variant if variant in BASE_MODELS else "student")]
     model, tokenizer = load_hf_dir(folders[0], device=device)
     if variant not in BASE_MODELS:
         adapter = Path("data/adapters") / task / variant
-        model = apply_delta(model, load_delta(adapter)).eval() if (adapter / DELTA_FILE).is_file() \
+        model = (
+            apply_delta(model, load_delta(adapter)).eval()
+            if (adapter / DELTA_FILE).is_file()
             else merge_adapter(model, adapter)
+        )
         folders.append(adapter)
     digest = hashlib.sha256()
     for folder in folders:
@@ -47,22 +51,30 @@ def load_variant(task: str, variant: str, device: str | torch.device):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", required=True)
-    parser.add_argument("--variant", required=True, help="teacher, student, or a method name (e.g. semalign-v1)")
+    parser.add_argument(
+        "--variant", required=True, help="teacher, student, or a method name (e.g. semalign-v1)"
+    )
     args = parser.parse_args()
     params = yaml.safe_load(Path("params.yaml").read_text())
     section = params.get("evaluate") or {}
     if "chat_template" in section:
-        raise SemalignError("evaluate.chat_template is taken from data.chat_template (the prompts training used); "
-                            "remove it from the evaluate section")
+        raise SemalignError(
+            "evaluate.chat_template is taken from data.chat_template (the prompts training used); "
+            "remove it from the evaluate section"
+        )
     config = build(EvalConfig, {**section, "chat_template": params["data"]["chat_template"]}, "evaluate")
 
     _, items = load_split(Path("data/tasks") / args.task, "evaluation")
     with Ranks() as ranks:
         model, tokenizer, weights = load_variant(args.task, args.variant, ranks.device)
         started = time.perf_counter()
-        path, identity = Path("data/eval") / args.task / f"{args.variant}.jsonl", {"variant": args.variant,
-                                                                                  "weights_sha256": weights}
-        results = evaluate_task(model, tokenizer, args.task, items, config, path, identity=identity, ranks=ranks)
+        path, identity = (
+            Path("data/eval") / args.task / f"{args.variant}.jsonl",
+            {"variant": args.variant, "weights_sha256": weights},
+        )
+        results = evaluate_task(
+            model, tokenizer, args.task, items, config, path, identity=identity, ranks=ranks
+        )
         ranks.barrier()
         if not ranks.is_main:
             return
@@ -70,14 +82,23 @@ def main() -> None:
             results = merge_results(args.task, items, config, path, ranks.world, identity=identity)
     summary = summarise_results(results)
 
-    write_json(Path("metrics/eval") / args.task / f"{args.variant}.json", {
-        "task": args.task, "variant": args.variant,
-        "metric": "pass@1" if args.task in ("humaneval", "mbpp") else "accuracy", **summary,
-        "protocol": protocol(tokenizer, args.task, items[:1], config),
-        "seconds": round(time.perf_counter() - started, 1), "device": ranks.device.type, "weights_sha256": weights,
-    })
-    print(f"evaluate {args.task}/{args.variant}: {summary['accuracy']:.3f} "
-          f"[{summary['ci_low']:.3f}, {summary['ci_high']:.3f}] (n={summary['n']})")
+    write_json(
+        Path("metrics/eval") / args.task / f"{args.variant}.json",
+        {
+            "task": args.task,
+            "variant": args.variant,
+            "metric": "pass@1" if args.task in ("humaneval", "mbpp") else "accuracy",
+            **summary,
+            "protocol": protocol(tokenizer, args.task, items[:1], config),
+            "seconds": round(time.perf_counter() - started, 1),
+            "device": ranks.device.type,
+            "weights_sha256": weights,
+        },
+    )
+    print(
+        f"evaluate {args.task}/{args.variant}: {summary['accuracy']:.3f} "
+        f"[{summary['ci_low']:.3f}, {summary['ci_high']:.3f}] (n={summary['n']})"
+    )
 
 
 if __name__ == "__main__":

@@ -7,9 +7,8 @@ import argparse
 import time
 from pathlib import Path
 
-import yaml
-
-from semalign.config import build, write_json
+from semalign.config import read_section
+from semalign.files import write_json
 from semalign.models import ModelSource, load_source, model_info, save_hf_dir
 
 
@@ -17,8 +16,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--role", choices=["teacher", "student"], required=True)
     args = parser.parse_args()
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    source = build(ModelSource, params["models"][args.role], f"models.{args.role}")
+    source = read_section(ModelSource, f"models.{args.role}")
 
     started = time.perf_counter()
     model, tokenizer = load_source(source)
@@ -40,7 +38,10 @@ def main() -> None:
             "save_seconds": round(time.perf_counter() - loaded, 1),
         },
     )
-    print(f"materialize {args.role}: {info.arch}, {info.num_layers} layers, d={info.d_model}, vocab={info.vocab_size}")
+    print(
+        f"materialize {args.role}: {info.arch}, {info.num_layers} layers, d={info.d_model}, "
+        f"vocab={info.vocab_size}"
+    )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from semalign.config import write_json
-from semalign.report import build_sections, render_html, render_markdown
+from semalign.analysis.report import build_sections, render_html, render_markdown
+from semalign.files import write_json
 
 TITLE = "semalign: run report"
 
@@ -22,8 +22,10 @@ def main() -> None:
     (out / "README.md").write_text(render_markdown(TITLE, sections, image_prefix="../"), encoding="utf-8")
     images = sum(bool(block.image) for section in sections for block in section.blocks)
     # Not under metrics/: that folder is this stage's input.
-    write_json(out / "metrics.json", {"sections": len(sections), "images": images,
-                                      "seconds": round(time.perf_counter() - started, 1)})
+    write_json(
+        out / "metrics.json",
+        {"sections": len(sections), "images": images, "seconds": round(time.perf_counter() - started, 1)},
+    )
     print(f"report: {len(sections)} sections, {images} plots embedded -> {out}/index.html, {out}/README.md")
 
 

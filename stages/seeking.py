@@ -11,24 +11,31 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from semalign.attribution import plot_layer_scores, scores_to_plot_rows
 from semalign.baselines.delta import save_delta, target_linears
 from semalign.baselines.seeking import (
-    SeekingConfig, extract_blocks, inject, layer_totals, lora_delta, lora_factors, select_layers, sensitivity,
+    SeekingConfig,
+    extract_blocks,
+    inject,
+    layer_totals,
+    lora_delta,
+    lora_factors,
+    select_layers,
+    sensitivity,
 )
-from semalign.config import build, write_json
+from semalign.config import read_section
 from semalign.data import load_split
+from semalign.files import write_json
 from semalign.models import load_hf_dir
-from semalign.training import add_lora, step_batches, steps_per_epoch, token_tensors, train
+from semalign.student.training import add_lora, step_batches, steps_per_epoch, token_tensors, train
+from semalign.teacher.attribution import plot_layer_scores, scores_to_plot_rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", required=True)
     args = parser.parse_args()
-    config = build(SeekingConfig, yaml.safe_load(Path("params.yaml").read_text())["seeking"], "seeking")
+    config = read_section(SeekingConfig, "seeking")
     started = time.perf_counter()
 
     # Only the student's shapes are needed before the teacher: load it, read them, free it.
@@ -58,32 +65,59 @@ def main() -> None:
     def epoch_steps(epoch: int):
         return step_batches(tensors, {}, train_config, torch.Generator().manual_seed(config.seed + epoch))
 
-    result = train(model, epoch_steps, list(range(1, len(layers) + 1)), train_config,
-                   steps_per_epoch(len(encoded.input_ids), train_config))
+    result = train(
+        model,
+        epoch_steps,
+        list(range(1, len(layers) + 1)),
+        train_config,
+        steps_per_epoch(len(encoded.input_ids), train_config),
+    )
     out = Path("data/adapters") / args.task / "seeking"
-    save_delta(lora_delta(model, factors), out, {
-        "method": "seeking", "teacher_layers": layers, "lora_r": config.lora_r,
-        "blocks": {f"{j}.{kind}": {"teacher_layer": b.teacher_layer, "row": b.row, "col": b.col}
-                   for (j, kind), b in blocks.items()},
-    })
+    save_delta(
+        lora_delta(model, factors),
+        out,
+        {
+            "method": "seeking",
+            "teacher_layers": layers,
+            "lora_r": config.lora_r,
+            "blocks": {
+                f"{j}.{kind}": {"teacher_layer": b.teacher_layer, "row": b.row, "col": b.col}
+                for (j, kind), b in blocks.items()
+            },
+        },
+    )
     seconds = time.perf_counter() - started
 
     total = sum(totals.values())
     shares = [totals[ell] / total for ell in sorted(totals)]
     write_json(Path("plots/seeking") / f"{args.task}.json", scores_to_plot_rows(shares))
-    plot_layer_scores(shares, Path("plots/seeking") / f"{args.task}.png",
-                      f"SEEKING: teacher layer sensitivity share ({args.task}); kept {len(layers)}")
-    write_json(Path("metrics/seeking") / f"{args.task}.json", {
-        "task": args.task, "seconds": round(seconds, 1), "teacher_layers": layers,
-        "layer_sensitivity": {str(ell): v for ell, v in totals.items()},
-        "kept_share": sum(totals[ell] for ell in layers) / total,
-        # how much of each selected matrix's sensitivity its student-sized block holds, mean over layers
-        "block_share_mean": {kind: sum(b.share for (_, k), b in blocks.items() if k == kind) / len(layers)
-                             for kind in shapes},
-        "steps": len(result.records), "first_loss": result.records[0]["loss"] if result.records else None,
-        "final_loss": result.records[-1]["loss"] if result.records else None,
-    })
-    print(f"seeking {args.task}: teacher layers {layers}, {len(result.records)} post-alignment steps in {seconds:.0f}s")
+    plot_layer_scores(
+        shares,
+        Path("plots/seeking") / f"{args.task}.png",
+        f"SEEKING: teacher layer sensitivity share ({args.task}); kept {len(layers)}",
+    )
+    write_json(
+        Path("metrics/seeking") / f"{args.task}.json",
+        {
+            "task": args.task,
+            "seconds": round(seconds, 1),
+            "teacher_layers": layers,
+            "layer_sensitivity": {str(ell): v for ell, v in totals.items()},
+            "kept_share": sum(totals[ell] for ell in layers) / total,
+            # how much of each selected matrix's sensitivity its student-sized block holds, mean over layers
+            "block_share_mean": {
+                kind: sum(b.share for (_, k), b in blocks.items() if k == kind) / len(layers)
+                for kind in shapes
+            },
+            "steps": len(result.records),
+            "first_loss": result.records[0]["loss"] if result.records else None,
+            "final_loss": result.records[-1]["loss"] if result.records else None,
+        },
+    )
+    print(
+        f"seeking {args.task}: teacher layers {layers}, {len(result.records)} post-alignment steps in "
+        f"{seconds:.0f}s"
+    )
 
 
 if __name__ == "__main__":

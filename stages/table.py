@@ -5,9 +5,9 @@ paired test against the student from the per-item results in data/eval/."""
 import json
 from pathlib import Path
 
-from semalign.config import write_json
 from semalign.evaluation.runner import read_results
 from semalign.evaluation.table import build_table, render_markdown
+from semalign.files import write_json
 
 
 def main() -> None:

@@ -15,18 +15,26 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from semalign.config import build, write_json
+from semalign.align.pairing import Pairing
+from semalign.align.targets import target_name
+from semalign.config import read_section
 from semalign.data import load_split
 from semalign.distributed import Ranks
-from semalign.fidelity import plot_curves
-from semalign.pairing import Pairing
+from semalign.files import write_json
+from semalign.plots import plot_curves
 from semalign.store import open_store
-from semalign.targets import target_name
-from semalign.training import (
-    TERMS, TrainConfig, layer_alignment, load_student, micro_batches, save_adapter, step_batches, steps_per_epoch,
-    token_tensors, train,
+from semalign.student.training import (
+    TERMS,
+    TrainConfig,
+    layer_alignment,
+    load_student,
+    micro_batches,
+    save_adapter,
+    step_batches,
+    steps_per_epoch,
+    token_tensors,
+    train,
 )
 
 TOPK = ("topk_logprobs", "topk_ids", "rest_logmass")
@@ -45,14 +53,17 @@ def training_rows(task: str, layers: list[int], with_topk: bool):
 
 
 def held_out_inputs(task: str, layers: list[int]):
-    """In-memory tensors `[N, T]` and targets `[N, T, d]` of the alignment examples no latent map was fitted on
+    """In-memory tensors `[N, T]` and targets `[N, T, d]` of the alignment examples no latent map was fitted
+    on
     (the targets manifest's `fit_examples` on: the held-out examples `align` measures every map on)."""
     encoded, _ = load_split(Path("data/tasks") / task, "alignment")
     targets = open_store(Path("data/targets") / task / "alignment.zarr")
     first = targets.manifest["fit_examples"]
     tensors = token_tensors(encoded)
-    return ({name: t[first:] for name, t in tensors.items()},
-            {k: targets.read(target_name(k))[first:] for k in layers})
+    return (
+        {name: t[first:] for name, t in tensors.items()},
+        {k: targets.read(target_name(k))[first:] for k in layers},
+    )
 
 
 def main() -> None:
@@ -60,25 +71,32 @@ def main() -> None:
     parser.add_argument("--task", required=True)
     parser.add_argument("--objective", required=True, help="one of train.objectives: v1 | v2 | sft")
     args = parser.parse_args()
-    section = {key: value for key, value in yaml.safe_load(Path("params.yaml").read_text())["train"].items()
-               if key != "objectives"}
-    config = build(TrainConfig, {**section, "objective": args.objective}, "train")
-    layers = Pairing.from_json(json.loads((Path("data/pairs") / f"{args.task}.json").read_text())).trained_student_layers
+    config = read_section(TrainConfig, "train", drop=("objectives",), objective=args.objective)
+    layers = Pairing.from_json(
+        json.loads((Path("data/pairs") / f"{args.task}.json").read_text())
+    ).trained_student_layers
 
     with Ranks() as ranks:
         tensors, targets = training_rows(args.task, layers, with_topk=config.objective == "v2")
         model = load_student(Path("data/models/student"), layers, config, ranks)
         held_tensors, held_targets = held_out_inputs(args.task, layers)
-        held_out = list(micro_batches(held_tensors, held_targets, config.micro_batch_size,
-                                      torch.Generator().manual_seed(0)))
+        held_out = list(
+            micro_batches(
+                held_tensors, held_targets, config.micro_batch_size, torch.Generator().manual_seed(0)
+            )
+        )
         before = layer_alignment(model, held_out, layers)
 
         def epoch_steps(epoch: int):
-            return step_batches(tensors, targets, config, torch.Generator().manual_seed(config.seed + epoch), ranks.shard)
+            return step_batches(
+                tensors, targets, config, torch.Generator().manual_seed(config.seed + epoch), ranks.shard
+            )
 
         torch.manual_seed(config.seed + ranks.rank)  # LoRA dropout: reproducible, and different on each rank
         started = time.perf_counter()
-        result = train(model, epoch_steps, layers, config, steps_per_epoch(len(tensors["input_ids"]), config), ranks)
+        result = train(
+            model, epoch_steps, layers, config, steps_per_epoch(len(tensors["input_ids"]), config), ranks
+        )
         seconds = time.perf_counter() - started
         after = layer_alignment(model, held_out, layers)
         save_adapter(model, Path("data/adapters") / args.task / config.objective, ranks)
@@ -86,18 +104,33 @@ def main() -> None:
             return
 
     write_json(Path("plots/train") / args.task / f"{config.objective}.json", result.records)
-    plot_curves({term: [r[term] for r in result.records] for term in TERMS},
-                Path("plots/train") / args.task / f"{config.objective}.png", f"training loss ({args.task}, {config.objective})",
-                "loss", first_layer=1, xlabel="optimizer step")
-    write_json(Path("metrics/train") / args.task / f"{config.objective}.json", {
-        "objective": config.objective, "map": open_store(Path("data/targets") / args.task / "training.zarr").manifest["map"],
-        "trained_layers": layers, "steps": len(result.records), "processes": ranks.world,
-        "final_loss": result.records[-1]["loss"] if result.records else None, "seconds": round(seconds, 1),
-        "held_out_examples": len(held_tensors["input_ids"]),
-        "held_out_alignment": {str(k): {"before": before[k], "after": after[k]} for k in layers},
-    })
-    print(f"train {args.task}/{config.objective}: {len(result.records)} steps in {seconds:.0f}s on {ranks.world} "
-          f"process(es), layers {layers}")
+    plot_curves(
+        {term: [r[term] for r in result.records] for term in TERMS},
+        Path("plots/train") / args.task / f"{config.objective}.png",
+        f"training loss ({args.task}, {config.objective})",
+        "loss",
+        first_layer=1,
+        xlabel="optimizer step",
+    )
+    write_json(
+        Path("metrics/train") / args.task / f"{config.objective}.json",
+        {
+            "objective": config.objective,
+            "map": open_store(Path("data/targets") / args.task / "training.zarr").manifest["map"],
+            "trained_layers": layers,
+            "steps": len(result.records),
+            "processes": ranks.world,
+            "final_loss": result.records[-1]["loss"] if result.records else None,
+            "seconds": round(seconds, 1),
+            "held_out_examples": len(held_tensors["input_ids"]),
+            "held_out_alignment": {str(k): {"before": before[k], "after": after[k]} for k in layers},
+        },
+    )
+    print(
+        f"train {args.task}/{config.objective}: {len(result.records)} steps in {seconds:.0f}s on "
+        f"{ranks.world} "
+        f"process(es), layers {layers}"
+    )
 
 
 if __name__ == "__main__":

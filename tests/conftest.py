@@ -18,7 +18,8 @@ from tiny_project import build_project, run
 @dataclass(frozen=True)
 class Reproduced:
     """A tiny project after its first full `dvc repro`: `repo` may be changed by the tests that own it,
-    `pristine` is a copy taken right after the run, to be copied and never changed; `output` is what dvc printed."""
+    `pristine` is a copy taken right after the run, to be copied and never changed; `output` is what dvc
+    printed."""
 
     repo: Path
     pristine: Path
@@ -41,8 +42,12 @@ def s3_bucket() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    environment = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                   "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    environment = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     saved = {name: os.environ.get(name) for name in environment}
     os.environ.update(environment)
     fsspec.filesystem("s3", skip_instance_cache=True).mkdir("semalign-test")

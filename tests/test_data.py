@@ -25,19 +25,23 @@ from semalign.data import (
 )
 from semalign.errors import SemalignError
 from semalign.tasks import TaskItem
-from semalign.tiny import tiny_tokenizer
+from semalign.testing import tiny_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STAGES = Path(__file__).parents[1] / "stages"
 
 
 def _math_items(n: int) -> list[TaskItem]:
-    return [TaskItem("asdiv", f"asdiv/{i:05d}", f"Alice has {i} apples and buys 4 more. How many?", str(i + 4))
-            for i in range(n)]
+    return [
+        TaskItem("asdiv", f"asdiv/{i:05d}", f"Alice has {i} apples and buys 4 more. How many?", str(i + 4))
+        for i in range(n)
+    ]
 
 
 MMLU = TaskItem("mmlu", "mmlu/00000", "What is 12 plus 30?", "C", choices=("12", "30", "42", "24"))
-CODE = TaskItem("humaneval", "humaneval/HumanEval/0", "def add(a, b):\n", "    return a + b\n", entry_point="add")
+CODE = TaskItem(
+    "humaneval", "humaneval/HumanEval/0", "def add(a, b):\n", "    return a + b\n", entry_point="add"
+)
 
 
 def _ids(splits):
@@ -49,7 +53,11 @@ def test_splits_are_disjoint_sized_and_independent_of_input_order():
     sizes = TaskConfig(evaluation=20, attribution=10, alignment=15, training=30)
     splits = split_items(items, sizes, seed=7)
     assert {name: len(part) for name, part in splits.items()} == {
-        "evaluation": 20, "attribution": 10, "alignment": 15, "training": 30}
+        "evaluation": 20,
+        "attribution": 10,
+        "alignment": 15,
+        "training": 30,
+    }
     all_ids = [i for ids in _ids(splits).values() for i in ids]
     assert len(set(all_ids)) == len(all_ids) == 75
     shuffled = items[:]
@@ -86,22 +94,36 @@ def test_data_config_builds_task_configs_and_rejects_bad_values():
 
 
 def test_prompt_formats():
-    assert format_example(MMLU) == Example("What is 12 plus 30?\nA. 12\nB. 30\nC. 42\nD. 24\nAnswer:", "C", " ")
+    assert format_example(MMLU) == Example(
+        "What is 12 plus 30?\nA. 12\nB. 30\nC. 42\nD. 24\nAnswer:", "C", " "
+    )
     gsm = TaskItem("gsm8k", "gsm8k/00000", "What is 2+1?", "3", solution="2+1=3\n#### 3")
     assert format_example(gsm) == Example("Question: What is 2+1?\nAnswer:", "2+1=3\n#### 3", " ")
     assert format_example(_math_items(1)[0]).target == "4"
     assert format_example(CODE) == Example("def add(a, b):\n", "    return a + b\n", "")
-    mbpp = TaskItem("mbpp", "mbpp/1", "Write add.", "def add(a, b): return a + b",
-                    test_list=("assert add(1, 2) == 3", "assert add(0, 0) == 0"))
+    mbpp = TaskItem(
+        "mbpp",
+        "mbpp/1",
+        "Write add.",
+        "def add(a, b): return a + b",
+        test_list=("assert add(1, 2) == 3", "assert add(0, 0) == 0"),
+    )
     assert format_example(mbpp).prompt == (
-        "Write add.\nYour code should pass these tests:\nassert add(1, 2) == 3\nassert add(0, 0) == 0\n")
+        "Write add.\nYour code should pass these tests:\nassert add(1, 2) == 3\nassert add(0, 0) == 0\n"
+    )
 
 
 def test_plain_encoding_masks_exactly_the_target_and_eos():
     tok = tiny_tokenizer()
     items = [MMLU, CODE, *_math_items(2)]
     enc = encode(items, tok, max_length=64, chat_template=False)
-    assert enc.input_ids.shape == enc.attention_mask.shape == enc.answer_mask.shape == enc.labels.shape == (4, 64)
+    assert (
+        enc.input_ids.shape
+        == enc.attention_mask.shape
+        == enc.answer_mask.shape
+        == enc.labels.shape
+        == (4, 64)
+    )
     assert enc.input_ids.dtype == torch.int64 and enc.answer_mask.dtype == torch.bool
     for row, item in enumerate(items):
         example = format_example(item)
@@ -112,8 +134,12 @@ def test_plain_encoding_masks_exactly_the_target_and_eos():
         assert tok.decode(real) == example.prompt + example.sep + example.target + tok.eos_token
         n_real = len(real)  # right padding: real tokens first, then pad tokens outside every mask
         assert enc.attention_mask[row, :n_real].all() and not enc.attention_mask[row, n_real:].any()
-        assert (enc.input_ids[row, n_real:] == tok.pad_token_id).all() and not enc.answer_mask[row, n_real:].any()
-    assert torch.equal(enc.labels, torch.where(enc.answer_mask, enc.input_ids, torch.full_like(enc.input_ids, -100)))
+        assert (enc.input_ids[row, n_real:] == tok.pad_token_id).all() and not enc.answer_mask[
+            row, n_real:
+        ].any()
+    assert torch.equal(
+        enc.labels, torch.where(enc.answer_mask, enc.input_ids, torch.full_like(enc.input_ids, -100))
+    )
     assert enc.stats["truncated_prompts"] == enc.stats["truncated_answers"] == 0
 
 
@@ -144,7 +170,7 @@ def test_long_prompt_is_cut_on_the_left_and_the_answer_kept():
     short = encode([long_item], tok, max_length=24, chat_template=False)
     assert short.stats["truncated_prompts"] == 1 and short.stats["truncated_answers"] == 0
     assert short.attention_mask.all()  # the row is filled to max_length
-    assert torch.equal(short.input_ids[0], full.input_ids[0, n_full - 24:n_full])  # the last 24 tokens
+    assert torch.equal(short.input_ids[0], full.input_ids[0, n_full - 24 : n_full])  # the last 24 tokens
     assert tok.decode(short.input_ids[0][short.answer_mask[0]].tolist()) == " 3" + tok.eos_token
 
 
@@ -156,7 +182,7 @@ def test_answer_longer_than_max_length_is_cut_after_one_prompt_token():
     enc = encode([item], tok, max_length=16, chat_template=False)
     assert enc.stats["truncated_answers"] == 1 and enc.stats["truncated_prompts"] == 1
     assert enc.input_ids[0, 0] == full.input_ids[0, n_prompt - 1] and not enc.answer_mask[0, 0]
-    assert torch.equal(enc.input_ids[0, 1:], full.input_ids[0, n_prompt:n_prompt + 15])
+    assert torch.equal(enc.input_ids[0, 1:], full.input_ids[0, n_prompt : n_prompt + 15])
     assert enc.answer_mask[0, 1:].all()
 
 
@@ -184,7 +210,8 @@ def test_save_load_round_trip_and_tamper_check(tmp_path):
     assert data_fingerprint(changed) != summary["fingerprint"]
     save_split(tmp_path / "other", "training", encode(items[:2], tok, 48, True), items[:2])
     (tmp_path / "training" / "tensors.safetensors").write_bytes(
-        (tmp_path / "other" / "training" / "tensors.safetensors").read_bytes())
+        (tmp_path / "other" / "training" / "tensors.safetensors").read_bytes()
+    )
     with pytest.raises(SemalignError, match="changed after it was written"):
         load_split(tmp_path, "training")
     with pytest.raises(SemalignError, match="'evaluation' is missing"):
@@ -193,18 +220,29 @@ def test_save_load_round_trip_and_tamper_check(tmp_path):
 
 # Evaluation-only tasks
 
+
 def test_a_task_with_only_an_evaluation_size_is_evaluation_only():
-    config = DataConfig(tasks={"asdiv": {"evaluation": 3},
-                               "mmlu": {"evaluation": 2, "attribution": 1, "alignment": 1, "training": 1},
-                               "gsm8k": {"evaluation": 2, "training": 1}})
+    config = DataConfig(
+        tasks={
+            "asdiv": {"evaluation": 3},
+            "mmlu": {"evaluation": 2, "attribution": 1, "alignment": 1, "training": 1},
+            "gsm8k": {"evaluation": 2, "training": 1},
+        }
+    )
     assert config.tasks["asdiv"] == TaskConfig(evaluation=3) and config.tasks["asdiv"].evaluation_only
     assert not config.tasks["mmlu"].evaluation_only
     assert not config.tasks["gsm8k"].evaluation_only  # any transfer split makes it a transfer task
     splits = split_items(_math_items(10), config.tasks["asdiv"], seed=0)
     assert {name: len(part) for name, part in splits.items()} == {
-        "evaluation": 3, "attribution": 0, "alignment": 0, "training": 0}
+        "evaluation": 3,
+        "attribution": 0,
+        "alignment": 0,
+        "training": 0,
+    }
     # The evaluation items are those a full-sized split of the same task would evaluate on.
-    full = split_items(_math_items(10), TaskConfig(evaluation=3, attribution=2, alignment=2, training=2), seed=0)
+    full = split_items(
+        _math_items(10), TaskConfig(evaluation=3, attribution=2, alignment=2, training=2), seed=0
+    )
     assert _ids(splits)["evaluation"] == _ids(full)["evaluation"]
 
 
@@ -218,8 +256,11 @@ def test_empty_splits_are_written_but_refused_when_loaded(tmp_path):
     _, items = load_split(folder, "evaluation")
     assert [item.item_id for item in items] == _ids(splits)["evaluation"]
     for name in ("attribution", "alignment", "training"):
-        with pytest.raises(SemalignError, match=rf"'{name}' of asdiv is empty: data.tasks.asdiv.{name} is 0; "
-                                                 r".*remove asdiv from transfer.tasks"):
+        with pytest.raises(
+            SemalignError,
+            match=rf"'{name}' of asdiv is empty: data.tasks.asdiv.{name} is 0; "
+            r".*remove asdiv from transfer.tasks",
+        ):
             load_split(folder, name)
     save_split(tmp_path / "mmlu", "evaluation", encode([], tok, 32, True), [])
     with pytest.raises(SemalignError, match=r"data.tasks.mmlu.evaluation is 0; set it > 0 to evaluate mmlu"):
@@ -230,9 +271,17 @@ def test_empty_splits_are_written_but_refused_when_loaded(tmp_path):
 
 def test_data_stage_writes_an_evaluation_only_task(tmp_path, monkeypatch):
     tiny_tokenizer().save_pretrained(tmp_path / "data/models/teacher")
-    params = {"data": {"max_length": 48, "seed": 0, "chat_template": True,
-                       "tasks": {"asdiv": {"path": str(FIXTURES / "asdiv.jsonl"), "evaluation": 3},
-                                 "mmlu": {"evaluation": 10 ** 6}}}}  # other tasks are not read
+    params = {
+        "data": {
+            "max_length": 48,
+            "seed": 0,
+            "chat_template": True,
+            "tasks": {
+                "asdiv": {"path": str(FIXTURES / "asdiv.jsonl"), "evaluation": 3},
+                "mmlu": {"evaluation": 10**6},
+            },
+        }
+    }  # other tasks are not read
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["data.py", "--task", "asdiv"])
@@ -241,6 +290,10 @@ def test_data_stage_writes_an_evaluation_only_task(tmp_path, monkeypatch):
     assert metrics["evaluation_only"] is True
     assert metrics["items"] == 4 and sum(metrics["skipped"].values()) == 2  # "Mrs. Hilt", "3:30 p.m."
     assert {name: s["examples"] for name, s in metrics["splits"].items()} == {
-        "evaluation": 3, "attribution": 0, "alignment": 0, "training": 0}
+        "evaluation": 3,
+        "attribution": 0,
+        "alignment": 0,
+        "training": 0,
+    }
     encoded, items = load_split(tmp_path / "data/tasks/asdiv", "evaluation")
     assert encoded.input_ids.shape == (3, 48) and {item.task for item in items} == {"asdiv"}

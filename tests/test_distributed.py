@@ -1,6 +1,7 @@
 """Data parallelism under torchrun: `cache`, `align` and `evaluate` in 2 CPU processes (gloo) write the same
 stores (kept in S3 on a local moto server, reached through link files) and results as one process, and
-`train` (FSDP: the student sharded, only rank 0 reading its weights) the same adapters; a store written by several ranks journals per rank, resumes whatever the
+`train` (FSDP: the student sharded, only rank 0 reading its weights) the same adapters; a store written by
+several ranks journals per rank, resumes whatever the
 number of processes, and is only ever created by rank 0."""
 
 import json
@@ -23,7 +24,9 @@ from semalign.store import ArraySpec, StoreWriter, open_store
 from semalign.tasks import TaskItem
 from tiny_project import ROOT, run
 
-STORES = [f"data/{kind}/mmlu/{split}.zarr" for kind in ("cache", "targets") for split in ("alignment", "training")]
+STORES = [
+    f"data/{kind}/mmlu/{split}.zarr" for kind in ("cache", "targets") for split in ("alignment", "training")
+]
 EVALUATED = (("mmlu", "teacher"), ("asdiv", "student"))
 
 
@@ -35,18 +38,29 @@ def single(reproduced) -> Path:
 
 
 def torchrun(args: list[str], cwd: Path) -> str:
-    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args], cwd)
+    return run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args], cwd
+    )
 
 
 def test_two_processes_write_what_one_process_writes(single, tmp_path, s3_bucket):
     multi = tmp_path / "multi"
     shutil.copytree(single, multi, ignore=shutil.ignore_patterns(".dvc", ".git"))
-    for out in ("data/cache", "data/targets", "data/eval", "data/adapters", "metrics/cache", "metrics/align",
-                "metrics/eval", "metrics/train", "plots/train"):
+    for out in (
+        "data/cache",
+        "data/targets",
+        "data/eval",
+        "data/adapters",
+        "metrics/cache",
+        "metrics/align",
+        "metrics/eval",
+        "metrics/train",
+        "plots/train",
+    ):
         shutil.rmtree(multi / out)
     params = yaml.safe_load((multi / "params.yaml").read_text())
     params["stores"]["url"] = f"{s3_bucket}/team"
-    params["train"]["parallel"] = "fsdp"  # DDP in two processes: tests/test_training.py
+    params["train"]["parallel"] = "fsdp"  # DDP in two processes: tests/student/test_training.py
     (multi / "params.yaml").write_text(yaml.safe_dump(params))
     torchrun(["stages/cache.py", "--task", "mmlu"], multi)
     torchrun(["stages/align.py", "--task", "mmlu"], multi)
@@ -65,7 +79,9 @@ def test_two_processes_write_what_one_process_writes(single, tmp_path, s3_bucket
         assert two.location.read_text("progress.1.jsonl"), f"rank 1 wrote no chunk of {store}"
     cache_one = json.loads((single / "metrics/cache/mmlu.json").read_text())["splits"]
     cache_two = json.loads((multi / "metrics/cache/mmlu.json").read_text())["splits"]
-    assert [s["chunks_computed"] for s in cache_two.values()] == [s["chunks_computed"] for s in cache_one.values()]
+    assert [s["chunks_computed"] for s in cache_two.values()] == [
+        s["chunks_computed"] for s in cache_one.values()
+    ]
     align_one = json.loads((single / "metrics/align/mmlu.json").read_text())
     assert json.loads((multi / "metrics/align/mmlu.json").read_text()) == align_one
 
@@ -74,7 +90,9 @@ def test_two_processes_write_what_one_process_writes(single, tmp_path, s3_bucket
     assert set(one) == set(two) and one
     for name in one:  # the two ranks' accumulated gradients are averaged: equal up to float summation order
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
-    steps_one, steps_two = (json.loads((repo / "plots/train/mmlu/v1.json").read_text()) for repo in (single, multi))
+    steps_one, steps_two = (
+        json.loads((repo / "plots/train/mmlu/v1.json").read_text()) for repo in (single, multi)
+    )
     assert len(steps_two) == len(steps_one) == 2
     for a, b in zip(steps_one, steps_two):
         assert b["step"] == a["step"] and b["loss"] == pytest.approx(a["loss"], rel=1e-5)
@@ -86,9 +104,13 @@ def test_two_processes_write_what_one_process_writes(single, tmp_path, s3_bucket
         two = read_results(multi / path)
         assert len(two) == len(one) > 1 and {r.item_id: r for r in two} == one, task
         assert not list((multi / path.parent).glob("*.rank*")), "rank files are merged away"
-        one_metrics, two_metrics = (json.loads((repo / "metrics/eval" / task / f"{variant}.json").read_text())
-                                    for repo in (single, multi))
-        assert {k: two_metrics[k] for k in ("accuracy", "n")} == {k: one_metrics[k] for k in ("accuracy", "n")}
+        one_metrics, two_metrics = (
+            json.loads((repo / "metrics/eval" / task / f"{variant}.json").read_text())
+            for repo in (single, multi)
+        )
+        assert {k: two_metrics[k] for k in ("accuracy", "n")} == {
+            k: one_metrics[k] for k in ("accuracy", "n")
+        }
 
 
 def specs() -> dict[str, ArraySpec]:
@@ -122,7 +144,9 @@ def test_a_rank_opens_only_the_store_rank_0_made(tmp_path):
     with StoreWriter(path, specs(), "old") as writer:
         writer.write_chunk("x", 0, torch.ones(2, 3))
     with pytest.raises(SemalignError, match="not created by rank 0 with this spec"):
-        StoreWriter(path, specs(), "new", rank=1)  # only rank 0 may rebuild a store, before the others open it
+        StoreWriter(
+            path, specs(), "new", rank=1
+        )  # only rank 0 may rebuild a store, before the others open it
     with StoreWriter(path, specs(), "old") as writer:  # untouched: its chunk is still there
         assert writer.pending_chunks("x") == [1, 2]
 
@@ -145,7 +169,8 @@ def test_merge_refuses_results_no_rank_wrote(tmp_path):
     for rank, item in enumerate(items[:2]):  # the third item was scored by nobody
         result = ItemResult(item.item_id, True, "A")
         (tmp_path / f"student.jsonl.rank{rank}-of-2").write_text(
-            json.dumps({"identity": header}) + "\n" + json.dumps(asdict(result)) + "\n")
+            json.dumps({"identity": header}) + "\n" + json.dumps(asdict(result)) + "\n"
+        )
     with pytest.raises(SemalignError, match="scored by no rank"):
         merge_results("mmlu", items, config, path, 2)
     assert os.path.exists(tmp_path / "student.jsonl.rank0-of-2"), "nothing is lost when the merge refuses"
@@ -159,6 +184,8 @@ def test_readme_cache_size_table_is_the_scripts_output():
     script = runpy.run_path(str(ROOT / "bench/cache_sizes.py"))
     table = script["size_table"](yaml.safe_load((ROOT / "params.yaml").read_text()))
     readme = (ROOT / "README.md").read_text()
-    assert f"<!-- cache-sizes -->\n{table}\n" in readme, "rerun python bench/cache_sizes.py and paste its output"
+    assert f"<!-- cache-sizes -->\n{table}\n" in readme, (
+        "rerun python bench/cache_sizes.py and paste its output"
+    )
     # 41 bf16 states of width 5120 plus the top-64 distribution: the paper's 13B teacher at ~410 KiB a token
     assert "| Llama-2-13B (40 layers, d 5120) | 128 + 1000 (paper sizes) | 411 |" in table

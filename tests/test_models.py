@@ -8,9 +8,16 @@ import torch
 from semalign import embedded
 from semalign.errors import SemalignError
 from semalign.models import (
-    ModelSource, decoder_layers, empty_hf_model, final_norm, load_hf_dir, load_source, model_info, save_hf_dir,
+    ModelSource,
+    decoder_layers,
+    empty_hf_model,
+    final_norm,
+    load_hf_dir,
+    load_source,
+    model_info,
+    save_hf_dir,
 )
-from semalign.tiny import tiny_model, tiny_tokenizer
+from semalign.testing import tiny_model, tiny_tokenizer
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -42,7 +49,9 @@ def test_empty_model_has_the_architecture_and_no_weights(tmp_path):
     save_hf_dir(model, tiny_tokenizer(), tmp_path / "m")
     empty = empty_hf_model(tmp_path / "m")
     assert all(p.is_meta for p in empty.parameters())
-    assert {n: p.shape for n, p in empty.named_parameters()} == {n: p.shape for n, p in model.named_parameters()}
+    assert {n: p.shape for n, p in empty.named_parameters()} == {
+        n: p.shape for n, p in model.named_parameters()
+    }
 
 
 def test_pickle_weights_are_refused_unless_allowed(tmp_path):
@@ -79,11 +88,15 @@ def test_embedded_parts_assemble_and_verify(tmp_path, monkeypatch):
     for i, p in enumerate(parts):
         p.write_bytes(bytes([i]) * 1000)
     for i, p in enumerate(parts, start=1):
-        monkeypatch.setitem(__import__("sys").modules, f"fakepart{i}", types.SimpleNamespace(get_part_path=lambda p=p: str(p)))
+        monkeypatch.setitem(
+            __import__("sys").modules, f"fakepart{i}", types.SimpleNamespace(get_part_path=lambda p=p: str(p))
+        )
     whole = b"".join(p.read_bytes() for p in parts)
     import hashlib
 
-    good = embedded.EmbeddedModel("fake", "fakepart", "fake-part{i}==1", 3, len(whole), hashlib.sha256(whole).hexdigest())
+    good = embedded.EmbeddedModel(
+        "fake", "fakepart", "fake-part{i}==1", 3, len(whole), hashlib.sha256(whole).hexdigest()
+    )
     out = embedded.assemble_gguf(good, tmp_path / "out" / "fake.gguf")
     assert out.read_bytes() == whole
 

@@ -23,7 +23,9 @@ def data() -> dict[str, torch.Tensor]:
     return {"x": torch.randn(7, 3, 2, generator=generator).bfloat16(), "n": torch.arange(7) * 11}
 
 
-def write(writer: StoreWriter, values: dict[str, torch.Tensor], only: dict[str, list[int]] | None = None) -> None:
+def write(
+    writer: StoreWriter, values: dict[str, torch.Tensor], only: dict[str, list[int]] | None = None
+) -> None:
     for name, spec in ARRAYS.items():
         for chunk in (only or {}).get(name, range(spec.num_chunks)):
             start, stop = spec.rows(chunk)
@@ -53,12 +55,22 @@ def test_store_at_a_url_resumes_after_a_crash_and_reads_back_exactly(url):
     store = open_store(url)
     assert store.manifest["fingerprint"] == "fp"
     for name, tensor in values.items():
-        assert torch.equal(store.read(name).view(torch.int16 if name == "x" else torch.int64),
-                           tensor.view(torch.int16 if name == "x" else torch.int64))
-    assert torch.equal(store.read_selection("x", torch.tensor([6, 0, 3])).float(), values["x"][[6, 0, 3]].float())
+        assert torch.equal(
+            store.read(name).view(torch.int16 if name == "x" else torch.int64),
+            tensor.view(torch.int16 if name == "x" else torch.int64),
+        )
+    assert torch.equal(
+        store.read_selection("x", torch.tensor([6, 0, 3])).float(), values["x"][[6, 0, 3]].float()
+    )
     journal = [json.loads(line) for line in store.location.read_text("progress.jsonl").splitlines()]
-    assert sorted((e["array"], e["chunk"]) for e in journal) == [("n", 0), ("n", 1), ("x", 0), ("x", 1), ("x", 2),
-                                                                  ("x", 3)]
+    assert sorted((e["array"], e["chunk"]) for e in journal) == [
+        ("n", 0),
+        ("n", 1),
+        ("x", 0),
+        ("x", 1),
+        ("x", 2),
+        ("x", 3),
+    ]
 
 
 def test_two_ranks_write_one_store_at_a_url(url):
@@ -69,7 +81,9 @@ def test_two_ranks_write_one_store_at_a_url(url):
     write(one, values, only={"x": [1, 3], "n": [1]})
     zero.finalize({})
     store = open_store(url)
-    assert torch.equal(store.read("n"), values["n"]) and torch.equal(store.read("x").float(), values["x"].float())
+    assert torch.equal(store.read("n"), values["n"]) and torch.equal(
+        store.read("x").float(), values["x"].float()
+    )
     assert store.location.glob("progress*.jsonl") == ["progress.1.jsonl", "progress.jsonl"]
 
 

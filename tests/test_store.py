@@ -47,7 +47,9 @@ def _files(path) -> dict[str, bytes]:
 @pytest.mark.parametrize("codec", ["zstd", "none"])
 def test_roundtrip_is_bit_exact(tmp_path, dtype, codec):
     data = _data(dtype)
-    with StoreWriter(tmp_path / "s", {"x": ArraySpec(data.shape, logical_dtype(dtype), CHUNK)}, "fp", codec) as w:
+    with StoreWriter(
+        tmp_path / "s", {"x": ArraySpec(data.shape, logical_dtype(dtype), CHUNK)}, "fp", codec
+    ) as w:
         _write_all(w, "x", data)
         w.finalize({"model": "m"})
     store = open_store(tmp_path / "s")
@@ -188,7 +190,9 @@ def test_file_count_stays_small(tmp_path):
         for name, spec in arrays.items():
             for i in range(spec.num_chunks):
                 start, stop = spec.rows(i)
-                w.write_chunk(name, i, torch.zeros(stop - start, *spec.shape[1:], dtype=DTYPES[spec.dtype][0]))
+                w.write_chunk(
+                    name, i, torch.zeros(stop - start, *spec.shape[1:], dtype=DTYPES[spec.dtype][0])
+                )
         w.finalize({})
     files = [p for p in (tmp_path / "s").rglob("*") if p.is_file()]
     # one file per chunk (7 + 7), zarr.json for the group and each array, journal, manifest

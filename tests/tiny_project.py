@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from semalign.models import save_hf_dir
-from semalign.tiny import tiny_model, tiny_tokenizer
+from semalign.testing import tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,23 +21,42 @@ def mmlu_rows(count: int) -> str:
     for i in range(count):
         letter = "ABCD"[i % 4]
         options = "\n".join(f"{x}. option {x.lower()} {i}" for x in "ABCD")
-        rows.append({"question": f"Question {i}: which option is right?", "options": options,
-                     "answer": f"{letter}. option {letter.lower()} {i}"})
+        rows.append(
+            {
+                "question": f"Question {i}: which option is right?",
+                "options": options,
+                "answer": f"{letter}. option {letter.lower()} {i}",
+            }
+        )
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
 def tiny_params(models: Path, task_file: Path, eval_only_file: Path) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["models"] = {role: {"source": "hf_dir", "path": str(models / role)} for role in ("teacher", "student")}
+    params["models"] = {
+        role: {"source": "hf_dir", "path": str(models / role)} for role in ("teacher", "student")
+    }
     params["bases"]["chunk_rows"] = 128
-    params["data"].update(max_length=64, tasks={"mmlu": {"path": str(task_file), "evaluation": 4, "attribution": 4,
-                                                          "alignment": 4, "training": 8},
-                                                 "asdiv": {"path": str(eval_only_file), "evaluation": 3}})
+    params["data"].update(
+        max_length=64,
+        tasks={
+            "mmlu": {
+                "path": str(task_file),
+                "evaluation": 4,
+                "attribution": 4,
+                "alignment": 4,
+                "training": 8,
+            },
+            "asdiv": {"path": str(eval_only_file), "evaluation": 3},
+        },
+    )
     params["transfer"] = {"tasks": ["mmlu"]}
     params["cache"].update(top_k=4, batch_size=2)
     params["align"]["chunk_rows"] = 128
     # no LoRA dropout: training under torchrun then makes the very adapters one process makes
-    params["train"].update(objectives=["v1", "sft"], epochs=1, batch_size=4, micro_batch_size=2, lora_dropout=0.0)
+    params["train"].update(
+        objectives=["v1", "sft"], epochs=1, batch_size=4, micro_batch_size=2, lora_dropout=0.0
+    )
     # one item a batch: every evaluation has several batches, so two ranks under torchrun both get work
     params["evaluate"].update(batch_size=1, limit={"mmlu": 4, "asdiv": 2}, max_new_tokens={"asdiv": 8})
     params["seeking"].update(lora_r=4, epochs=1, batch_size=4, micro_batch_size=2)
@@ -57,19 +76,28 @@ def ran_stages(output: str) -> set[str]:
 
 
 def build_project(repo: Path) -> Path:
-    """A git + DVC repository at `repo` with this checkout's stages and library, two tiny Qwen2 models (teacher
+    """A git + DVC repository at `repo` with this checkout's stages and library, two tiny Qwen2 models
+    (teacher
     4 layers d 48, student 3 layers d 32), 24 MMLU rows and the 4-item ASDiv fixture."""
     shutil.copy(ROOT / "dvc.yaml", repo)
     shutil.copytree(ROOT / "stages", repo / "stages")
     shutil.copytree(ROOT / "lib", repo / "lib", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     tokenizer = tiny_tokenizer()
-    save_hf_dir(tiny_model("qwen2", seed=1, num_layers=4, hidden_size=48), tokenizer, repo / "models" / "teacher")
-    save_hf_dir(tiny_model("qwen2", seed=2, num_layers=3, hidden_size=32, num_heads=4, num_kv_heads=2,
-                           intermediate_size=64), tokenizer, repo / "models" / "student")
+    save_hf_dir(
+        tiny_model("qwen2", seed=1, num_layers=4, hidden_size=48), tokenizer, repo / "models" / "teacher"
+    )
+    save_hf_dir(
+        tiny_model(
+            "qwen2", seed=2, num_layers=3, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64
+        ),
+        tokenizer,
+        repo / "models" / "student",
+    )
     (repo / "mmlu.jsonl").write_text(mmlu_rows(24))
     shutil.copy(ROOT / "tests/fixtures/asdiv.jsonl", repo / "asdiv.jsonl")  # 4 usable items
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(repo / "models", repo / "mmlu.jsonl",
-                                                                 repo / "asdiv.jsonl")))
+    (repo / "params.yaml").write_text(
+        yaml.safe_dump(tiny_params(repo / "models", repo / "mmlu.jsonl", repo / "asdiv.jsonl"))
+    )
     run(["git", "init", "-q"], repo)
     run([sys.executable, "-m", "dvc", "init", "-q"], repo)
     return repo

@@ -1,4 +1,4 @@
-"""Typed configs from plain mappings, and small output helpers shared by every stage.
+"""Typed configs from plain mappings, for the stages to hand to the library.
 
 The library never reads params.yaml: a stage loads it and hands each section to `build`, which turns
 it into the library's dataclass and rejects unknown or missing keys with the section's name.
@@ -7,11 +7,11 @@ it into the library's dataclass and rejects unknown or missing keys with the sec
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 from semalign.errors import SemalignError
 
@@ -24,20 +24,40 @@ def build(cls: type[C], mapping: Mapping[str, Any] | None, section: str) -> C:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
-        raise SemalignError(f"params.yaml {section}: unknown key(s) {unknown}; known keys are {sorted(fields)}")
+        raise SemalignError(
+            f"params.yaml {section}: unknown key(s) {unknown}; known keys are {sorted(fields)}"
+        )
     required = [
-        name for name, f in fields.items()
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in mapping
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and name not in mapping
     ]
     if required:
         raise SemalignError(f"params.yaml {section}: missing key(s) {required}")
     return cls(**mapping)
 
 
-def write_json(path: str | Path, payload: Any) -> None:
-    """Write JSON atomically (temp file + rename) so a killed stage never leaves half a metrics file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(partial, path)
+def params_section(key: str, params_file: str | Path = "params.yaml") -> Any:
+    """The value at dotted `key` ("train", "models.teacher") of the stage's params file."""
+    value: Any = yaml.safe_load(Path(params_file).read_text())
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise SemalignError(f"{params_file} has no {key!r}; add it (see the README's params section)")
+        value = value[part]
+    return value
+
+
+def read_section(
+    cls: type[C],
+    key: str,
+    params_file: str | Path = "params.yaml",
+    drop: tuple[str, ...] = (),
+    **overrides: Any,
+) -> C:
+    """The params section at dotted `key` as `cls`, without the keys in `drop` and with `overrides` set."""
+    mapping = {
+        name: value for name, value in (params_section(key, params_file) or {}).items() if name not in drop
+    }
+    return build(cls, {**mapping, **overrides}, key)

@@ -29,8 +29,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
-from semalign.config import build, write_json
+from semalign.config import build
 from semalign.errors import SemalignError
+from semalign.files import write_json
 from semalign.tasks import LETTERS, TASKS, TaskItem
 
 SPLITS = ("evaluation", "attribution", "alignment", "training")
@@ -74,9 +75,13 @@ class DataConfig:
         for name, cfg in self.tasks.items():
             for split in SPLITS:
                 if not isinstance(getattr(cfg, split), int) or getattr(cfg, split) < 0:
-                    raise SemalignError(f"data.tasks.{name}.{split} is {getattr(cfg, split)!r}; use an integer >= 0")
+                    raise SemalignError(
+                        f"data.tasks.{name}.{split} is {getattr(cfg, split)!r}; use an integer >= 0"
+                    )
         if self.max_length < 2:
-            raise SemalignError(f"data.max_length is {self.max_length}; use at least 2 (one prompt + one target token)")
+            raise SemalignError(
+                f"data.max_length is {self.max_length}; use at least 2 (one prompt + one target token)"
+            )
 
 
 def split_items(items: Sequence[TaskItem], sizes: TaskConfig, seed: int) -> dict[str, list[TaskItem]]:
@@ -84,15 +89,19 @@ def split_items(items: Sequence[TaskItem], sizes: TaskConfig, seed: int) -> dict
     ordered = sorted(items, key=lambda item: item.item_id)
     task = ordered[0].task if ordered else "?"
     if len({item.item_id for item in ordered}) != len(ordered):
-        raise SemalignError(f"{task}: item ids are not unique; check data.tasks.{task}.path for duplicated rows")
+        raise SemalignError(
+            f"{task}: item ids are not unique; check data.tasks.{task}.path for duplicated rows"
+        )
     wanted = {split: getattr(sizes, split) for split in SPLITS}
     if sum(wanted.values()) > len(ordered):
-        raise SemalignError(f"{task}: the splits ask for {sum(wanted.values())} items {wanted} but only "
-                            f"{len(ordered)} exist; lower the sizes in data.tasks.{task}")
+        raise SemalignError(
+            f"{task}: the splits ask for {sum(wanted.values())} items {wanted} but only "
+            f"{len(ordered)} exist; lower the sizes in data.tasks.{task}"
+        )
     order = np.random.default_rng(seed).permutation(len(ordered))
     splits, start = {}, 0
     for split in SPLITS:
-        splits[split] = [ordered[i] for i in order[start:start + wanted[split]]]
+        splits[split] = [ordered[i] for i in order[start : start + wanted[split]]]
         start += wanted[split]
     return splits
 
@@ -131,8 +140,9 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, example: Example, chat_templ
     if not chat_template:
         return example.prompt
     if not tokenizer.chat_template:
-        raise SemalignError("data.chat_template is true but the tokenizer has no chat template; "
-                            "set data.chat_template: false")
+        raise SemalignError(
+            "data.chat_template is true but the tokenizer has no chat template; set data.chat_template: false"
+        )
     messages = [{"role": "user", "content": example.prompt}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -143,9 +153,11 @@ def end_of_turn(tokenizer: PreTrainedTokenizerBase) -> str:
     messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": _SENTINEL}]
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     if not full.startswith(head + _SENTINEL):
-        raise SemalignError("the tokenizer's chat template does not render an assistant reply right after its "
-                            "generation prompt; set data.chat_template: false")
-    return full[len(head) + len(_SENTINEL):]
+        raise SemalignError(
+            "the tokenizer's chat template does not render an assistant reply right after its "
+            "generation prompt; set data.chat_template: false"
+        )
+    return full[len(head) + len(_SENTINEL) :]
 
 
 @dataclass
@@ -164,12 +176,17 @@ class Encoded:
     stats: dict[str, int] = field(default_factory=dict)  # examples, tokens, answer_tokens, truncated_*
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "answer_mask": self.answer_mask, "labels": self.labels}
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "answer_mask": self.answer_mask,
+            "labels": self.labels,
+        }
 
 
-def encode(items: Sequence[TaskItem], tokenizer: PreTrainedTokenizerBase, max_length: int,
-           chat_template: bool) -> Encoded:
+def encode(
+    items: Sequence[TaskItem], tokenizer: PreTrainedTokenizerBase, max_length: int, chat_template: bool
+) -> Encoded:
     """Tokenise `items` (prompt + target, see the module docstring for truncation) into an `Encoded`."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
@@ -194,23 +211,30 @@ def encode(items: Sequence[TaskItem], tokenizer: PreTrainedTokenizerBase, max_le
     for row, (prompt, target) in enumerate(zip(prompt_ids, target_ids)):
         room = max_length - len(target)
         if room >= min(1, len(prompt)):
-            kept = prompt[max(0, len(prompt) - room):]
+            kept = prompt[max(0, len(prompt) - room) :]
         else:
             kept = prompt[-1:]
-            target = target[:max_length - len(kept)]
+            target = target[: max_length - len(kept)]
             truncated_answers += 1
         truncated_prompts += len(kept) < len(prompt)
         ids = kept + target
-        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.int64)
-        attention_mask[row, :len(ids)] = 1
-        answer_mask[row, len(kept):len(ids)] = True
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        attention_mask[row, : len(ids)] = 1
+        answer_mask[row, len(kept) : len(ids)] = True
     labels = torch.where(answer_mask, input_ids, torch.full_like(input_ids, -100))
-    stats = {"examples": n, "tokens": int(attention_mask.sum()), "answer_tokens": int(answer_mask.sum()),
-             "truncated_prompts": truncated_prompts, "truncated_answers": truncated_answers}
+    stats = {
+        "examples": n,
+        "tokens": int(attention_mask.sum()),
+        "answer_tokens": int(answer_mask.sum()),
+        "truncated_prompts": truncated_prompts,
+        "truncated_answers": truncated_answers,
+    }
     return Encoded(input_ids, attention_mask, answer_mask, labels, stats)
 
 
-def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+def _token_ids(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], add_special_tokens: bool
+) -> list[list[int]]:
     # A fast tokenizer fails on an empty batch, and an empty split is legitimate (a size of 0).
     return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"] if texts else []
 
@@ -228,15 +252,23 @@ def data_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
 def save_split(directory: str | Path, name: str, encoded: Encoded, items: Sequence[TaskItem]) -> dict:
     """Write `directory/name/` = tensors.safetensors + items.jsonl + summary.json; returns the summary."""
     if len(items) != encoded.input_ids.shape[0]:
-        raise ValueError(f"save_split {name}: {len(items)} items but {encoded.input_ids.shape[0]} tensor rows")
+        raise ValueError(
+            f"save_split {name}: {len(items)} items but {encoded.input_ids.shape[0]} tensor rows"
+        )
     out = Path(directory) / name
     out.mkdir(parents=True, exist_ok=True)
     tensors = encoded.tensors()
     save_file(tensors, str(out / "tensors.safetensors"))
-    (out / "items.jsonl").write_text("".join(json.dumps(item.to_dict(), ensure_ascii=False) + "\n" for item in items))
-    summary = {"name": name, "max_length": encoded.input_ids.shape[1],
-               "tasks": dict(sorted(Counter(item.task for item in items).items())),
-               **encoded.stats, "fingerprint": data_fingerprint(tensors)}
+    (out / "items.jsonl").write_text(
+        "".join(json.dumps(item.to_dict(), ensure_ascii=False) + "\n" for item in items)
+    )
+    summary = {
+        "name": name,
+        "max_length": encoded.input_ids.shape[1],
+        "tasks": dict(sorted(Counter(item.task for item in items).items())),
+        **encoded.stats,
+        "fingerprint": data_fingerprint(tensors),
+    }
     write_json(out / "summary.json", summary)
     return summary
 
@@ -251,17 +283,28 @@ def load_split(directory: str | Path, name: str) -> tuple[Encoded, list[TaskItem
     folder = Path(directory) / name
     task = Path(directory).name
     if not (folder / "summary.json").is_file():
-        raise SemalignError(f"split {name!r} is missing from {Path(directory)}; list {task} under data.tasks "
-                            "and run `dvc repro` to write it")
+        raise SemalignError(
+            f"split {name!r} is missing from {Path(directory)}; list {task} under data.tasks "
+            "and run `dvc repro` to write it"
+        )
     summary = json.loads((folder / "summary.json").read_text())
     if summary["examples"] == 0:
-        fix = (f"set it > 0 to evaluate {task}" if name == "evaluation" else
-               f"a transfer stage needs it: set it > 0, or remove {task} from transfer.tasks (evaluation only)")
+        fix = (
+            f"set it > 0 to evaluate {task}"
+            if name == "evaluation"
+            else f"a transfer stage needs it: set it > 0, or remove {task} from transfer.tasks (evaluation "
+            f"only)"
+        )
         raise SemalignError(f"split {name!r} of {task} is empty: data.tasks.{task}.{name} is 0; {fix}")
     tensors = load_file(str(folder / "tensors.safetensors"))
     if data_fingerprint(tensors) != summary["fingerprint"]:
-        raise SemalignError(f"split {name!r} in {Path(directory)} changed after it was written; rerun `dvc repro`")
+        raise SemalignError(
+            f"split {name!r} in {Path(directory)} changed after it was written; rerun `dvc repro`"
+        )
     lines = (folder / "items.jsonl").read_text().splitlines()
     items = [TaskItem.from_dict(json.loads(line)) for line in lines]
-    stats = {key: summary[key] for key in ("examples", "tokens", "answer_tokens", "truncated_prompts", "truncated_answers")}
+    stats = {
+        key: summary[key]
+        for key in ("examples", "tokens", "answer_tokens", "truncated_prompts", "truncated_answers")
+    }
     return Encoded(**tensors, stats=stats), items

@@ -46,7 +46,7 @@ class Shard:
 
     def take(self, units: Sequence[T]) -> list[T]:
         """This rank's units of `units` (all of them in a single process)."""
-        return list(units[self.rank::self.world])
+        return list(units[self.rank :: self.world])
 
 
 class Ranks:
@@ -55,14 +55,18 @@ class Ranks:
     `device` is this rank's GPU, or the CPU."""
 
     def __init__(self, environ: Mapping[str, str] | None = None):
-        environ = os.environ if environ is None else environ  # Ranks({}): one process, whatever the environment
+        environ = (
+            os.environ if environ is None else environ
+        )  # Ranks({}): one process, whatever the environment
         world = int(environ.get("WORLD_SIZE", "1"))
         rank, self.local_rank = int(environ.get("RANK", "0")), int(environ.get("LOCAL_RANK", "0"))
         self.shard = Shard(rank, world)
         cuda = torch.cuda.is_available()
         if cuda and world > 1 and torch.cuda.device_count() <= self.local_rank:
-            raise SemalignError(f"local rank {self.local_rank} has no GPU ({torch.cuda.device_count()} visible); "
-                                "start no more processes per node than GPUs (torchrun --nproc-per-node)")
+            raise SemalignError(
+                f"local rank {self.local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+                "start no more processes per node than GPUs (torchrun --nproc-per-node)"
+            )
         self.device = torch.device("cuda", self.local_rank) if cuda else torch.device("cpu")
         if world > 1 and not dist.is_initialized():
             if cuda:
@@ -123,9 +127,16 @@ class Ranks:
 
 
 @contextmanager
-def shared_writer(ranks: Ranks, local: Path, arrays: dict[str, ArraySpec], fingerprint: str, codec: str = "zstd",
-                  url: str = "") -> Iterator[StoreWriter]:
-    """A `StoreWriter` for this rank on the store the pipeline knows as `local`, placed under `url` when one is
+def shared_writer(
+    ranks: Ranks,
+    local: Path,
+    arrays: dict[str, ArraySpec],
+    fingerprint: str,
+    codec: str = "zstd",
+    url: str = "",
+) -> Iterator[StoreWriter]:
+    """A `StoreWriter` for this rank on the store the pipeline knows as `local`, placed under `url` when one
+    is
     given (`placed_store`): rank 0 creates (or resumes, or rebuilds) it before the others open it, so no two
     ranks ever recreate it."""
     placed = placed_store(local, url, fingerprint)

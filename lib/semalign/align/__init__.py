@@ -1,0 +1,70 @@
+"""Alignment: §4.1 layer pairing, folded semantic map, latent maps, Fig. 2 fidelity, supervisory targets."""
+
+from semalign.align.alignment import (
+    AlignConfig,
+    decompose_recompose,
+    decompose_recompose_naive,
+    folded_map,
+    interpolate,
+    isotropy,
+    random_control_cosine,
+    random_self_map,
+    reconstruction_cosine,
+    row_cosine,
+)
+from semalign.align.fidelity import compare_maps, curve_rows, fit_examples, layer_fidelity
+from semalign.align.latent_maps import fit_map, fit_procrustes, fit_ridge, random_map, semantic_map
+from semalign.align.pairing import (
+    Interp,
+    PairConfig,
+    Pairing,
+    build_pairing,
+    depth_map,
+    interpolation,
+    monotone_selection,
+    nearest_student_layer,
+    top_critical,
+)
+from semalign.align.targets import (
+    target_arrays,
+    target_name,
+    teacher_quantity,
+    to_student_space,
+    write_targets,
+)
+
+__all__ = [
+    "AlignConfig",
+    "Interp",
+    "PairConfig",
+    "Pairing",
+    "build_pairing",
+    "compare_maps",
+    "curve_rows",
+    "decompose_recompose",
+    "decompose_recompose_naive",
+    "depth_map",
+    "fit_examples",
+    "fit_map",
+    "fit_procrustes",
+    "fit_ridge",
+    "folded_map",
+    "interpolate",
+    "interpolation",
+    "isotropy",
+    "layer_fidelity",
+    "monotone_selection",
+    "nearest_student_layer",
+    "random_control_cosine",
+    "random_map",
+    "random_self_map",
+    "reconstruction_cosine",
+    "row_cosine",
+    "semantic_map",
+    "target_arrays",
+    "target_name",
+    "teacher_quantity",
+    "to_student_space",
+    "top_critical",
+    "write_targets",
+]

@@ -1,0 +1,86 @@
+"""Supervisory targets in student space, built offline from the teacher cache (paper §4.1–4.3).
+
+For each trained student layer k the teacher quantity at the supervision interface is the paired
+teacher layer's residual contribution Δh_ℓ = h_ℓ − h_{ℓ−1} ("before residual addition", §4.3), either at
+the pairing's teacher layer or interpolated (1−λ)Δh_a + λΔh_b (§4.1, non-integer depth ratios). It is
+mapped into student space by the layer's latent map (`semalign.align.latent_maps`): the paper's
+target = M Δh / ‖Δh‖ with the folded M, or a map fitted on the alignment split.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from semalign.align.alignment import interpolate
+from semalign.align.latent_maps import LatentMap
+from semalign.align.pairing import LayerPair
+from semalign.distributed import Shard
+from semalign.progress import progress
+from semalign.store import ArraySpec, BackgroundWriter, Store, StoreWriter
+from semalign.teacher.cache import state_name
+
+
+def target_name(student_layer: int) -> str:
+    """Array name of student layer k's target."""
+    return f"target_{student_layer:02d}"
+
+
+def teacher_contribution(cache: Store, layer: int, start: int, stop: int) -> torch.Tensor:
+    """Δh_ℓ = h_ℓ − h_{ℓ−1} for examples [start, stop): `[examples, tokens, d_teacher]` float32."""
+    return (
+        cache.read_rows(state_name(layer), start, stop).float()
+        - cache.read_rows(state_name(layer - 1), start, stop).float()
+    )
+
+
+def teacher_quantity(
+    cache: Store, pair: LayerPair, use_interpolation: bool, start: int, stop: int
+) -> torch.Tensor:
+    """The teacher quantity that supervises `pair.student_layer`: `[examples, tokens, d_teacher]` float32."""
+    if not use_interpolation:
+        return teacher_contribution(cache, pair.teacher_layer, start, stop)
+    a, b, lam = pair.interp.a, pair.interp.b, pair.interp.lam
+    if lam in (0.0, 1.0):  # an end point: read one layer, not two
+        return teacher_contribution(cache, b if lam else a, start, stop)
+    return interpolate(
+        teacher_contribution(cache, a, start, stop), teacher_contribution(cache, b, start, stop), lam
+    )
+
+
+def to_student_space(teacher: torch.Tensor, latent_map: LatentMap) -> torch.Tensor:
+    """`[examples, tokens, d_teacher]` -> `[examples, tokens, d_student]` float32; zero (padding) stays
+    zero."""
+    examples, tokens, width = teacher.shape
+    return latent_map(teacher.reshape(-1, width)).reshape(examples, tokens, -1)
+
+
+def target_arrays(
+    pairs: list[LayerPair], num_examples: int, num_tokens: int, d_student: int, chunk_rows: int
+) -> dict[str, ArraySpec]:
+    """One float32 array `[N, T, d_student]` per trained student layer."""
+    return {
+        target_name(p.student_layer): ArraySpec((num_examples, num_tokens, d_student), "float32", chunk_rows)
+        for p in pairs
+    }
+
+
+def write_targets(
+    cache: Store,
+    pairs: list[LayerPair],
+    maps: dict[int, LatentMap],
+    use_interpolation: bool,
+    writer: StoreWriter,
+    desc: str = "align",
+    shard: Shard = Shard(),
+) -> int:
+    """Fill every unfinished chunk of `writer` that `shard` owns with targets, student layer k mapped by
+    `maps[k]`; returns the number of chunks computed."""
+    pending = sorted({c for name in writer.arrays for c in writer.pending_chunks(name) if shard.owns(c)})
+    with BackgroundWriter(writer) as background:
+        for chunk in progress(pending, desc=f"{desc}: chunks", unit="chunk"):
+            for pair in pairs:
+                name = target_name(pair.student_layer)
+                start, stop = writer.arrays[name].rows(chunk)
+                quantity = teacher_quantity(cache, pair, use_interpolation, start, stop)
+                background.submit(name, chunk, to_student_space(quantity, maps[pair.student_layer]))
+    return len(pending)

@@ -1,0 +1,51 @@
+"""Student side: training objectives and PEFT LoRA training from the cache."""
+
+from semalign.student.objectives import (
+    cross_entropy_loss,
+    interface_similarity,
+    layer_cosine_loss,
+    output_cosine_loss,
+    relation_geometry_loss,
+    topk_kl_loss,
+)
+from semalign.student.training import (
+    TERMS,
+    TrainConfig,
+    TrainingBatch,
+    add_lora,
+    batch_losses,
+    layer_alignment,
+    load_student,
+    lora_parameters,
+    micro_batches,
+    place,
+    save_adapter,
+    step_batches,
+    steps_per_epoch,
+    token_tensors,
+    train,
+)
+
+__all__ = [
+    "TERMS",
+    "TrainConfig",
+    "TrainingBatch",
+    "add_lora",
+    "batch_losses",
+    "cross_entropy_loss",
+    "interface_similarity",
+    "layer_alignment",
+    "layer_cosine_loss",
+    "load_student",
+    "lora_parameters",
+    "micro_batches",
+    "output_cosine_loss",
+    "place",
+    "relation_geometry_loss",
+    "save_adapter",
+    "step_batches",
+    "steps_per_epoch",
+    "token_tensors",
+    "topk_kl_loss",
+    "train",
+]

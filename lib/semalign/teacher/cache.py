@@ -1,0 +1,142 @@
+"""The teacher activation cache: one teacher pass over a split, everything later stages need, on disk.
+
+Layout of one store (`[examples, tokens, ...]`, right-padded rows as in the tokenised split):
+    h_<ℓ>          `[N, T, d_teacher]`  residual stream after layer ℓ (h_00 = embeddings), `dtype`
+    topk_logprobs  `[N, T, k]` float32  log-probabilities of the k most likely next tokens
+    topk_ids       `[N, T, k]` int32
+    rest_logmass   `[N, T]`    float32  log of the mass outside the top k
+Positions outside the attention mask are zero. A chunk is `batch_size` consecutive examples, so one
+forward pass writes one chunk of every array, and a resumed run recomputes exactly the unfinished ones.
+The residual contribution of layer ℓ, h_ℓ − h_{ℓ−1}, is derived on read instead of stored twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import PreTrainedModel
+
+from semalign.distributed import Shard
+from semalign.errors import SemalignError
+from semalign.models import model_info
+from semalign.progress import progress
+from semalign.store import ArraySpec, BackgroundWriter, StoreWriter
+from semalign.teacher.activations import teacher_forward
+
+if TYPE_CHECKING:  # the data module pulls in `datasets`; the cache needs only the type
+    from semalign.data import Encoded
+
+STATE_DTYPES = ("bfloat16", "float16", "float32")
+FLOAT16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """`cache` section. layers: teacher layers kept ("all" or a list of indices in 0..L); top_k: next-token
+    entries kept per position; dtype: storage precision of residual states; batch_size: examples per
+    forward pass and per chunk; codec: "zstd" or "none" (raw bytes, for disk-bound machines); writers:
+    threads compressing and writing chunks in parallel."""
+
+    layers: str | list[int] = "all"
+    top_k: int = 64
+    dtype: str = "bfloat16"
+    batch_size: int = 4
+    codec: str = "zstd"
+    writers: int = 2
+
+    def __post_init__(self):
+        if self.dtype not in STATE_DTYPES:
+            raise SemalignError(f"cache.dtype {self.dtype!r} is not supported; use one of {STATE_DTYPES}")
+        if self.top_k < 1 or self.batch_size < 1:
+            raise SemalignError(
+                f"cache.top_k ({self.top_k}) and cache.batch_size ({self.batch_size}) must be >= 1"
+            )
+        if isinstance(self.layers, str) and self.layers != "all":
+            raise SemalignError(f"cache.layers {self.layers!r} must be 'all' or a list of layer indices")
+
+
+def state_name(layer: int) -> str:
+    """Array name of residual state h_ℓ."""
+    return f"h_{layer:02d}"
+
+
+def kept_layers(config: CacheConfig, num_layers: int) -> list[int]:
+    """The layer indices 0..L that the cache keeps, checked against the teacher's depth."""
+    layers = list(range(num_layers + 1)) if config.layers == "all" else sorted(set(config.layers))
+    bad = [ell for ell in layers if not 0 <= ell <= num_layers]
+    if bad:
+        raise SemalignError(
+            f"cache.layers {bad} out of range: the teacher has layers 0..{num_layers}; fix params.yaml"
+        )
+    return layers
+
+
+def cache_arrays(
+    num_examples: int, max_length: int, d_model: int, layers: list[int], config: CacheConfig
+) -> dict[str, ArraySpec]:
+    """The arrays of one cache store and their chunking (one chunk per `batch_size` examples)."""
+    rows = config.batch_size
+    arrays = {
+        state_name(ell): ArraySpec((num_examples, max_length, d_model), config.dtype, rows) for ell in layers
+    }
+    arrays["topk_logprobs"] = ArraySpec((num_examples, max_length, config.top_k), "float32", rows)
+    arrays["topk_ids"] = ArraySpec((num_examples, max_length, config.top_k), "int32", rows)
+    arrays["rest_logmass"] = ArraySpec((num_examples, max_length), "float32", rows)
+    return arrays
+
+
+def _padded(values: torch.Tensor, mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero the masked positions of `values` `[B, t, ...]` and pad its token axis to `length`."""
+    values = values * mask.view(*mask.shape, *([1] * (values.ndim - 2))).to(values.dtype)
+    out = values.new_zeros((values.shape[0], length, *values.shape[2:]))
+    out[:, : values.shape[1]] = values
+    return out
+
+
+def _to_state_dtype(h: torch.Tensor, dtype: str) -> torch.Tensor:
+    if dtype == "float16" and h.abs().max() > FLOAT16_MAX:
+        raise SemalignError(
+            f"a residual state reaches {h.abs().max().item():.0f}, beyond float16's range; set cache.dtype: "
+            f"bfloat16"
+        )
+    return h.to(getattr(torch, dtype))
+
+
+def write_teacher_cache(
+    model: PreTrainedModel,
+    encoded: Encoded,
+    writer: StoreWriter,
+    config: CacheConfig,
+    desc: str = "cache",
+    shard: Shard = Shard(),
+) -> int:
+    """Fill every unfinished chunk of `writer` (arrays from `cache_arrays`) that `shard` owns from teacher
+    forward passes (one chunk = one batch, so a chunk is the same whichever process computes it).
+
+    Returns the number of chunks computed in this call (0 when the store was already complete).
+    """
+    layers = kept_layers(config, model_info(model).num_layers)
+    names = list(writer.arrays)
+    pending = sorted({chunk for name in names for chunk in writer.pending_chunks(name) if shard.owns(chunk)})
+    num_tokens = encoded.input_ids.shape[1]
+    with BackgroundWriter(writer, workers=config.writers) as background:
+        for chunk in progress(pending, desc=f"{desc}: chunks", unit="chunk"):
+            start, stop = writer.arrays[names[0]].rows(chunk)
+            mask = encoded.attention_mask[start:stop]
+            used = int(mask.sum(dim=1).max())
+            mask = mask[:, :used].to(model.device)
+            out = teacher_forward(
+                model, encoded.input_ids[start:stop, :used].to(model.device), mask, layers, config.top_k
+            )
+            for ell in layers:
+                background.submit(
+                    state_name(ell),
+                    chunk,
+                    _to_state_dtype(_padded(out.hidden[ell], mask, num_tokens), config.dtype),
+                )
+            background.submit("topk_logprobs", chunk, _padded(out.topk_logprobs, mask, num_tokens))
+            background.submit("topk_ids", chunk, _padded(out.topk_ids, mask, num_tokens))
+            background.submit("rest_logmass", chunk, _padded(out.rest_logmass, mask, num_tokens))
+    return len(pending)

@@ -1,0 +1,98 @@
+"""The folded alignment map equals eq. 1–2 computed literally; helpers behave at the edges."""
+
+import pytest
+import torch
+
+from semalign.align.alignment import (
+    decompose_recompose,
+    decompose_recompose_naive,
+    folded_map,
+    interpolate,
+    random_self_map,
+    reconstruction_cosine,
+    row_cosine,
+)
+from semalign.errors import SemalignError
+
+
+def unit_rows(x):
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def test_folded_equals_naive_in_float64():
+    g = torch.Generator().manual_seed(0)
+    vocab, d_t, d_s = 1000, 24, 16
+    s_t = unit_rows(torch.randn(vocab, d_t, generator=g, dtype=torch.float64))
+    s_s = unit_rows(torch.randn(vocab, d_s, generator=g, dtype=torch.float64))
+    h = torch.randn(37, d_t, generator=g, dtype=torch.float64) * 5
+    folded = folded_map(lambda a, b: s_s[a:b], lambda a, b: s_t[a:b], vocab, chunk_rows=300)
+    assert folded.shape == (d_s, d_t) and folded.dtype == torch.float64
+    naive = decompose_recompose_naive(h, s_t, s_s)
+    fast = decompose_recompose(h, folded)
+    assert ((fast - naive).norm() / naive.norm()).item() < 1e-5
+    torch.testing.assert_close(folded, s_s.T @ s_t)
+
+
+def test_alignment_is_scale_invariant_and_maps_zero_rows_to_zero():
+    folded = torch.randn(4, 6, dtype=torch.float64)
+    h = torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(decompose_recompose(h * 7.5, folded), decompose_recompose(h, folded))
+    padded = torch.cat([h, torch.zeros(2, 6, dtype=torch.float64)])
+    out = decompose_recompose(padded, folded)
+    assert torch.isfinite(out).all() and out[3:].abs().max() == 0
+
+
+def test_folded_map_rejects_misaligned_bases():
+    with pytest.raises(SemalignError, match="not vocabulary-aligned"):
+        folded_map(
+            lambda a, b: torch.ones(b - a, 2), lambda a, b: torch.ones(max(b - a - 1, 0), 3), 10, chunk_rows=5
+        )
+
+
+def test_interpolate_and_cosine():
+    a, b = torch.zeros(2, 3), torch.ones(2, 3)
+    torch.testing.assert_close(interpolate(a, b, 0.25), torch.full((2, 3), 0.25))
+    assert interpolate(a, b, 1.0) is b
+    with pytest.raises(SemalignError, match="outside"):
+        interpolate(a, b, 1.5)
+    x = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    y = torch.tensor([[2.0, 0.0], [-1.0, -1.0]])
+    torch.testing.assert_close(row_cosine(x, y), torch.tensor([1.0, -1.0], dtype=torch.float64))
+
+
+def test_reconstruction_cosine_of_a_complete_orthonormal_basis_is_one():
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    bases = q.T  # rows are an orthonormal basis: S Sᵀ = I
+    self_map = folded_map(lambda a, b: bases[a:b], lambda a, b: bases[a:b], 6, chunk_rows=4)
+    h = torch.randn(10, 6, dtype=torch.float64)
+    torch.testing.assert_close(reconstruction_cosine(h, self_map), torch.ones(10, dtype=torch.float64))
+    # a basis missing a direction cannot reconstruct vectors along it
+    partial = bases[:5]
+    partial_map = folded_map(lambda a, b: partial[a:b], lambda a, b: partial[a:b], 5)
+    assert decompose_recompose(bases[5:6], partial_map).norm().item() < 1e-12
+
+
+def test_random_control_approaches_a_multiple_of_identity():
+    dim, count = 8, 20000
+    control = random_self_map(count, dim, seed=1, chunk_rows=3000)
+    torch.testing.assert_close(
+        control / (count / dim), torch.eye(dim, dtype=torch.float64), atol=0.05, rtol=0
+    )
+    h = torch.randn(50, dim, dtype=torch.float64)
+    assert reconstruction_cosine(h, control).min() > 0.99
+
+
+@pytest.mark.parametrize("count, dim", [(64, 16), (512, 16), (4000, 32), (12, 24)])
+def test_random_control_cosine_matches_its_closed_form(count, dim):
+    from semalign.align.alignment import random_control_cosine
+
+    h = torch.randn(400, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(count))
+    measured = [reconstruction_cosine(h, random_self_map(count, dim, seed=s)).mean().item() for s in range(8)]
+    assert sum(measured) / len(measured) == pytest.approx(random_control_cosine(count, dim), abs=0.02)
+
+
+def test_isotropy_is_one_for_identity_and_zero_for_a_missing_direction():
+    from semalign.align.alignment import isotropy
+
+    assert isotropy(torch.eye(4, dtype=torch.float64) * 3) == pytest.approx(1.0)
+    assert isotropy(torch.diag(torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64))) == 0.0

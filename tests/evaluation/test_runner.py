@@ -1,0 +1,572 @@
+"""Evaluation runner: MMLU letter scoring (left padding, answer tokens), math and code scoring through
+answer extraction and the real sandbox, resumable results files, summaries, and the results table."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import LoraConfig, get_peft_model
+
+from semalign.data import encode, format_example, prompt_text, save_split
+from semalign.errors import SemalignError
+from semalign.evaluation import generation, runner
+from semalign.evaluation.runner import (
+    EvalConfig,
+    ItemResult,
+    answer_token_ids,
+    compare_paired,
+    evaluate_task,
+    read_results,
+    score_code,
+    score_math,
+    score_mmlu,
+    stop_token_ids,
+    summarise_results,
+)
+from semalign.evaluation.sandbox import ExecutionResult
+from semalign.evaluation.table import build_table, render_markdown
+from semalign.tasks import LETTERS, TaskItem, load_task
+from semalign.testing import tiny_model, tiny_tokenizer
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+STAGES = Path(__file__).parents[2] / "stages"
+VOCAB = 360  # the smallest tiny vocabulary in which " A" .. " D" are single tokens
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer(VOCAB)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("qwen2", vocab_size=VOCAB)
+
+
+def _mmlu_items(n):
+    questions = [
+        "What is 12 plus 30?",
+        "Which one is a prime number among the following four options given?",
+        "2?",
+        "Name the language model that predicts the next token from the previous ones in a text.",
+    ]
+    return [
+        TaskItem(
+            "mmlu",
+            f"mmlu/{i:05d}",
+            questions[i % 4] + " x" * i,
+            LETTERS[i % 4],
+            choices=("12", "thirty", "42", "a b c d e"),
+        )
+        for i in range(n)
+    ]
+
+
+def _math_items(n):
+    return [
+        TaskItem("asdiv", f"asdiv/{i:05d}", f"Alice has {i} apples and buys 4 more. How many?", str(i + 4))
+        for i in range(n)
+    ]
+
+
+class FakeComplete:
+    """Stands in for generation.complete: answers from `answer(prompt)`, counting the prompts it saw."""
+
+    def __init__(self, answer, fail_after_calls=None):
+        self.answer, self.prompts, self.calls, self.fail_after_calls = answer, [], 0, fail_after_calls
+
+    def __call__(
+        self,
+        model,
+        tokenizer,
+        prompts,
+        add_special_tokens,
+        max_new_tokens,
+        stop_ids,
+        temperature=0.0,
+        n_samples=1,
+    ):
+        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
+            raise KeyboardInterrupt  # the process dies here
+        self.calls += 1
+        self.prompts += list(prompts)
+        return [[self.answer(prompt, k) for k in range(n_samples)] for prompt in prompts]
+
+
+def _asdiv_answer(prompt, _):
+    i = int(prompt.split("Alice has ")[1].split()[0])
+    return f"{i} + 4 = {i + 4}. The answer is {i + 4 if i % 2 == 0 else i + 5}."
+
+
+# MMLU
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("chat", [False, True])
+def test_left_padded_batches_score_as_single_unpadded_prompts_in_float64(tokenizer, arch, chat):
+    model = tiny_model(arch, vocab_size=VOCAB)
+    items = _mmlu_items(6)
+    batched = score_mmlu(model, tokenizer, items, chat, batch_size=4)
+    reference = model.double()
+    letter_ids = answer_token_ids(tokenizer, chat)
+    for item, result in zip(items, batched):
+        prompt = prompt_text(tokenizer, format_example(item), chat)
+        ids = torch.tensor([tokenizer(prompt, add_special_tokens=not chat)["input_ids"]])
+        with torch.no_grad():
+            expected = torch.log_softmax(reference(input_ids=ids).logits[0, -1], -1)[letter_ids]
+        got = torch.tensor([result.detail["logprobs"][letter] for letter in LETTERS], dtype=torch.float64)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        assert result.prediction == LETTERS[int(expected.argmax())]
+        assert result.correct == (result.prediction == item.answer)
+        assert result.detail["letter_mass"] == pytest.approx(float(expected.exp().sum()), abs=1e-5)
+    lengths = {
+        len(tokenizer(prompt_text(tokenizer, format_example(item), chat))["input_ids"]) for item in items
+    }
+    assert len(lengths) > 2  # the batches really were padded
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_answer_token_is_the_first_supervised_token_of_the_training_target(tokenizer, chat):
+    items = _mmlu_items(4)
+    encoded = encode(items, tokenizer, max_length=128, chat_template=chat)
+    letter_ids = answer_token_ids(tokenizer, chat)
+    for row, item in enumerate(items):
+        first_target = encoded.input_ids[row][encoded.answer_mask[row]][0]
+        assert int(first_target) == letter_ids[LETTERS.index(item.answer)]
+    spelled = [tokenizer.decode([i]) for i in letter_ids]
+    assert spelled == ([*LETTERS] if chat else [" " + letter for letter in LETTERS])
+
+
+def test_multi_token_answer_letters_are_refused():
+    with pytest.raises(SemalignError, match="' B' is 2 tokens"):
+        answer_token_ids(tiny_tokenizer(320), chat_template=False)
+
+
+# Generation
+
+
+def test_greedy_completion_is_argmax_decoding_whatever_the_checkpoint_generation_config(tokenizer):
+    model = tiny_model("qwen2", vocab_size=VOCAB)
+    model.generation_config.do_sample, model.generation_config.temperature = True, 0.3
+    model.generation_config.repetition_penalty, model.generation_config.top_k = 5.0, 3
+    prompts = ["Question: What is 12 plus 30?\nAnswer:", "def add(a, b):\n"]
+    got = generation.complete(model, tokenizer, prompts, True, max_new_tokens=10, stop_ids=[2])
+    for prompt, (text,) in zip(prompts, got):
+        ids = tokenizer(prompt)["input_ids"]
+        new = []
+        for _ in range(10):
+            with torch.no_grad():
+                token = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+            if token == 2:
+                break
+            new.append(token)
+        assert text == tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_stop_tokens_include_the_chat_end_of_turn(tokenizer, model):
+    assert stop_token_ids(model, tokenizer, chat_template=False) == [2]
+    assert stop_token_ids(model, tokenizer, chat_template=True) == [
+        2,
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    ]
+
+
+# Math and code
+
+
+def test_math_scoring_extracts_the_final_number_and_cuts_plain_text_at_the_next_question(monkeypatch):
+    answers = {
+        0: "0 + 4 = 4 apples\n#### 4",
+        1: "The answer is 6.",
+        2: "6\nQuestion: what is 2 + 7?\nAnswer: 9",
+        3: "no idea",
+    }
+    monkeypatch.setattr(
+        generation,
+        "complete",
+        FakeComplete(lambda prompt, _: answers[int(prompt.split("Alice has ")[1].split()[0])]),
+    )
+    items = _math_items(4)
+    plain = score_math(None, tiny_tokenizer(), items, False, batch_size=3, max_new_tokens=8)
+    assert [(r.correct, r.prediction) for r in plain] == [(True, "4"), (False, "6"), (True, "6"), (False, "")]
+    assert plain[2].detail["completion"] == answers[2]
+    chat = score_math(None, tiny_tokenizer(), items, True, batch_size=3, max_new_tokens=8)
+    assert [(r.correct, r.prediction) for r in chat] == [(True, "4"), (False, "6"), (False, "9"), (False, "")]
+
+
+def test_code_scoring_runs_completions_in_the_sandbox(monkeypatch):
+    problem = load_task("humaneval", str(FIXTURES / "humaneval.jsonl")).items[2]
+    mbpp = load_task("mbpp", str(FIXTURES / "mbpp.jsonl")).items[1]
+    assert problem.entry_point == "truncate_number" and mbpp.test_list[0].startswith("assert sort_matrix")
+    wrong = TaskItem(
+        **{
+            **problem.to_dict(),
+            "item_id": "humaneval/wrong",
+            "question": "# wrong\n" + problem.question,
+            "choices": (),
+            "test_list": (),
+        }
+    )
+    completions = {
+        problem.item_id: "Here:\n```python\ndef truncate_number(number: float) -> float:\n    return number "
+        "% 1.0\n```",
+        wrong.item_id: "```python\ndef truncate_number(number: float) -> float:\n    return number\n```",
+        mbpp.item_id: "```python\ndef sort_matrix(M):\n    return sorted(M, key=sum)\n```\nDone.",
+    }
+    by_prompt = {}
+    fake = FakeComplete(lambda prompt, _: by_prompt[prompt])
+    monkeypatch.setattr(generation, "complete", fake)
+    tokenizer = tiny_tokenizer()
+    for item in (problem, wrong, mbpp):
+        by_prompt[prompt_text(tokenizer, format_example(item), True)] = completions[item.item_id]
+    results = score_code(
+        None, tokenizer, [problem, wrong, mbpp], True, batch_size=2, max_new_tokens=64, timeout_s=5
+    )
+    assert [r.correct for r in results] == [True, False, True]
+    assert [r.detail["status"] for r in results] == ["passed", "failed", "passed"]
+    assert "AssertionError" in results[1].detail["stderr_tail"]
+    assert results[0].prediction.startswith("\ndef truncate_number")
+
+
+def test_plain_humaneval_completion_is_cut_before_the_next_top_level_def(monkeypatch):
+    problem = load_task("humaneval", str(FIXTURES / "humaneval.jsonl")).items[2]
+    # Without the cut the second definition would replace the right one.
+    completion = "    return number % 1.0\n\ndef truncate_number(number):\n    return 0\n"
+    monkeypatch.setattr(generation, "complete", FakeComplete(lambda prompt, _: completion))
+    (result,) = score_code(
+        None, tiny_tokenizer(), [problem], False, batch_size=1, max_new_tokens=64, timeout_s=5
+    )
+    assert result.correct and result.prediction == "    return number % 1.0\n"
+
+
+def test_sampled_code_reports_pass_at_k(monkeypatch):
+    problem = load_task("humaneval", str(FIXTURES / "humaneval.jsonl")).items[2]
+    samples = ["    return number\n", "    return number % 1.0\n", "    return number\n"]
+    monkeypatch.setattr(generation, "complete", FakeComplete(lambda prompt, k: samples[k]))
+    results = score_code(
+        None,
+        tiny_tokenizer(),
+        [problem],
+        False,
+        batch_size=1,
+        max_new_tokens=64,
+        timeout_s=5,
+        n_samples=3,
+        temperature=0.8,
+    )
+    assert results[0].detail["passed"] == 1 and results[0].correct is False
+    summary = summarise_results(results)
+    assert summary["pass@1"] == pytest.approx(1 / 3) and summary["pass@3"] == pytest.approx(1.0)
+
+
+def test_a_program_the_sandbox_cannot_start_is_not_scored_as_wrong(monkeypatch):
+    problem = load_task("humaneval", str(FIXTURES / "humaneval.jsonl")).items[2]
+    monkeypatch.setattr(generation, "complete", FakeComplete(lambda prompt, _: "    return 0\n"))
+    monkeypatch.setattr(
+        runner,
+        "run_many",
+        lambda sources, **_: [
+            ExecutionResult(False, "error", None, "", "sandbox cannot create namespaces", 0.0)
+            for _ in sources
+        ],
+    )
+    with pytest.raises(SemalignError, match="cannot create namespaces"):
+        score_code(None, tiny_tokenizer(), [problem], False, batch_size=1, max_new_tokens=8, timeout_s=5)
+
+
+# Resume
+
+
+def test_a_killed_run_resumes_computing_only_the_missing_items(monkeypatch, tmp_path):
+    items, config = _math_items(7), EvalConfig(batch_size=2, chat_template=False)
+    fresh_fake = FakeComplete(_asdiv_answer)
+    monkeypatch.setattr(generation, "complete", fresh_fake)
+    fresh = evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, tmp_path / "fresh.jsonl")
+    assert len(fresh_fake.prompts) == 7 and [r.correct for r in fresh] == [i % 2 == 0 for i in range(7)]
+
+    path = tmp_path / "killed.jsonl"
+    monkeypatch.setattr(generation, "complete", FakeComplete(_asdiv_answer, fail_after_calls=2))
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, path)
+    assert len(read_results(path)) == 4
+    with open(path, "a") as f:
+        f.write('{"item_id": "asdiv/00006", "correct": tr')  # killed in the middle of a write
+    resumed_fake = FakeComplete(_asdiv_answer)
+    monkeypatch.setattr(generation, "complete", resumed_fake)
+    resumed = evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, path)
+    assert len(resumed_fake.prompts) == 3
+    assert resumed == fresh
+    assert sorted(r.item_id for r in read_results(path)) == [item.item_id for item in items]
+
+    again = FakeComplete(_asdiv_answer)
+    monkeypatch.setattr(generation, "complete", again)
+    assert evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, path) == fresh and again.calls == 0
+    faster = EvalConfig(batch_size=5, workers=1, timeout_s=3.0, chat_template=False)  # no math result changes
+    assert evaluate_task(None, tiny_tokenizer(), "asdiv", items, faster, path) == fresh and again.calls == 0
+    # Other decoding settings or another model: the old results do not count.
+    evaluate_task(
+        None,
+        tiny_tokenizer(),
+        "asdiv",
+        items,
+        EvalConfig(batch_size=2, max_new_tokens=99, chat_template=False),
+        path,
+    )
+    evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, path, identity={"weights_sha256": "other"})
+    assert len(again.prompts) == 14
+
+
+def test_mmlu_resume_counts_model_rows_and_matches_a_fresh_run(tokenizer, model, tmp_path):
+    items, config = _mmlu_items(5), EvalConfig(batch_size=2, chat_template=True)
+    rows = []
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        fresh = evaluate_task(model, tokenizer, "mmlu", items, config, tmp_path / "fresh.jsonl")
+        lines = (tmp_path / "fresh.jsonl").read_text().splitlines(keepends=True)
+        kept = [json.loads(line)["item_id"] for line in lines[1:3]]
+        (tmp_path / "partial.jsonl").write_text("".join(lines[:3]) + lines[3][:20])
+        rows.clear()
+        resumed = evaluate_task(model, tokenizer, "mmlu", items, config, tmp_path / "partial.jsonl")
+    finally:
+        hook.remove()
+    assert sum(rows) == 3
+    assert [(r.item_id, r.correct, r.prediction) for r in resumed] == [
+        (r.item_id, r.correct, r.prediction) for r in fresh
+    ]
+    for a, b in zip(resumed, fresh):
+        assert a.detail["logprobs"] == pytest.approx(b.detail["logprobs"], abs=1e-5)
+        if a.item_id in kept:
+            assert a == b  # read back, not recomputed
+
+
+def test_limit_takes_the_first_items_and_damage_before_the_last_line_is_an_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(generation, "complete", FakeComplete(_asdiv_answer))
+    config = EvalConfig(batch_size=4, limit={"asdiv": 3}, chat_template=False)
+    path = tmp_path / "r.jsonl"
+    results = evaluate_task(None, tiny_tokenizer(), "asdiv", _math_items(6), config, path)
+    assert [r.item_id for r in results] == ["asdiv/00000", "asdiv/00001", "asdiv/00002"]
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + "garbage\n" + "".join(lines[1:]))
+    with pytest.raises(SemalignError, match="damaged"):
+        evaluate_task(None, tiny_tokenizer(), "asdiv", _math_items(6), config, path)
+    with pytest.raises(SemalignError, match="got items of task"):
+        evaluate_task(None, tiny_tokenizer(), "mmlu", _math_items(2), config, tmp_path / "x.jsonl")
+
+
+def test_config_rejects_greedy_samples_and_unknown_tasks():
+    with pytest.raises(SemalignError, match="temperature"):
+        EvalConfig(n_samples=5)
+    with pytest.raises(SemalignError, match="unknown task 'gsm'"):
+        EvalConfig(limit={"gsm": 10})
+    with pytest.raises(SemalignError, match="batch_size"):
+        EvalConfig(batch_size=0)
+
+
+def test_per_task_budgets_reach_generation_and_keep_the_other_tasks_results(monkeypatch, tmp_path):
+    budgets = []
+
+    def complete(model, tokenizer, prompts, add_special_tokens, max_new_tokens, stop_ids, *args):
+        budgets.append(max_new_tokens)
+        return [[_asdiv_answer(prompt, 0)] for prompt in prompts]
+
+    monkeypatch.setattr(generation, "complete", complete)
+    items, path = _math_items(3), tmp_path / "asdiv.jsonl"
+    config = EvalConfig(batch_size=4, max_new_tokens={"asdiv": 7, "humaneval": 300}, chat_template=False)
+    assert config.new_tokens("asdiv") == 7 and EvalConfig(max_new_tokens=9).new_tokens("mbpp") == 9
+    evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, path)
+    assert budgets == [7]
+    assert json.loads(path.read_text().splitlines()[0])["identity"]["settings"]["max_new_tokens"] == 7
+    other_code_budget = EvalConfig(
+        batch_size=4, max_new_tokens={"asdiv": 7, "humaneval": 99}, chat_template=False
+    )
+    evaluate_task(None, tiny_tokenizer(), "asdiv", items, other_code_budget, path)
+    assert budgets == [7]  # resumed: HumanEval's budget does not decide ASDiv's results
+    same_as_one_number = EvalConfig(batch_size=4, max_new_tokens=7, chat_template=False)
+    evaluate_task(None, tiny_tokenizer(), "asdiv", items, same_as_one_number, path)
+    assert budgets == [7]
+    evaluate_task(
+        None,
+        tiny_tokenizer(),
+        "asdiv",
+        items,
+        EvalConfig(max_new_tokens={"asdiv": 8}, chat_template=False),
+        path,
+    )
+    assert budgets == [7, 8]
+    with pytest.raises(SemalignError, match="no entry for mbpp; add mbpp"):
+        config.new_tokens("mbpp")
+    with pytest.raises(SemalignError, match=r"evaluate.max_new_tokens.humaneval is 0; use an integer >= 1"):
+        EvalConfig(max_new_tokens={"humaneval": 0})
+    with pytest.raises(SemalignError, match=r"evaluate.max_new_tokens has unknown task 'asdiv2'"):
+        EvalConfig(max_new_tokens={"asdiv2": 5})
+    with pytest.raises(SemalignError, match=r"evaluate.max_new_tokens is '512'"):
+        EvalConfig(max_new_tokens="512")
+
+
+# Summaries
+
+
+def _results(correct, prefix="t"):
+    return [ItemResult(f"{prefix}/{i}", bool(c), "", {}) for i, c in enumerate(correct)]
+
+
+def test_summary_and_paired_comparison_on_constructed_results():
+    base = _results([1, 1, 0, 0, 1, 0])
+    other = _results([1, 0, 1, 1, 1, 1]) + [ItemResult("t/only-other", False, "", {})]
+    summary = summarise_results(base)
+    assert summary["n"] == 6 and summary["accuracy"] == 0.5
+    # Wilson at 3/6: centre 0.5, half-width 1.96 * sqrt(1/24 + 1.96**2 / 144) / (1 + 1.96**2 / 6) = 0.31239.
+    assert summary["ci_low"] == pytest.approx(0.18761, abs=1e-4)
+    assert summary["ci_high"] == pytest.approx(0.81239, abs=1e-4)
+    comparison = compare_paired(base, list(reversed(other)), iters=2000)
+    # b01: only `other` right (items 2, 3, 5); b10: only `base` (item 1); p = 2 * (1 + 4) / 2**4.
+    assert (comparison["n"], comparison["b01"], comparison["b10"]) == (6, 3, 1)
+    assert comparison["mcnemar_p"] == pytest.approx(0.625)
+    assert comparison["diff"] == pytest.approx(1 / 3)
+    assert comparison["diff_low"] <= 1 / 3 <= comparison["diff_high"]
+    masses = [
+        ItemResult("m/0", True, "A", {"letter_mass": 0.2}),
+        ItemResult("m/1", False, "B", {"letter_mass": 0.4}),
+    ]
+    assert summarise_results(masses)["letter_mass_mean"] == pytest.approx(0.3)
+    with pytest.raises(SemalignError, match="share no item_id"):
+        compare_paired(base, _results([1], prefix="u"))
+
+
+# Table
+
+
+def _summary(accuracy, n=100):
+    return {
+        "n": n,
+        "accuracy": accuracy,
+        "ci_low": accuracy - 0.1,
+        "ci_high": accuracy + 0.1,
+        "metric": "accuracy",
+    }
+
+
+def test_table_orders_rows_computes_gap_closed_and_pairs_methods_with_the_student():
+    summaries = {
+        "sft": {"mmlu": _summary(0.5), "mbpp": _summary(0.3)},
+        "teacher": {"mmlu": _summary(0.8)},
+        "student": {"mmlu": _summary(0.4), "mbpp": _summary(0.3)},
+        "semalign-v1": {"mmlu": _summary(0.6)},
+        "flat": {"mmlu": _summary(0.4)},
+    }
+    results = {
+        "student": {"mmlu": _results([1, 1, 0, 0, 1, 0])},
+        "sft": {"mmlu": _results([1, 0, 1, 1, 1, 1])},
+    }
+    summaries["teacher"]["humaneval"] = _summary(0.5)
+    table = build_table(summaries, results)
+    assert table["variants"] == ["student", "teacher", "flat", "semalign-v1", "sft"]
+    assert table["tasks"] == ["mmlu", "humaneval", "mbpp"]
+    assert table["gap_closed"]["semalign-v1"] == {"mmlu": pytest.approx(0.5)}
+    assert table["gap_closed"]["sft"] == {"mmlu": pytest.approx(0.25)}  # no teacher on mbpp: undefined
+    assert table["gap_closed"]["flat"]["mmlu"] == pytest.approx(0.0)
+    assert table["paired_vs_student"]["sft"]["mmlu"]["b01"] == 3 and table["paired_vs_student"]["flat"] == {}
+    assert table["rows"]["student"]["mmlu"] == {
+        "accuracy": 0.4,
+        "ci_low": pytest.approx(0.3),
+        "ci_high": pytest.approx(0.5),
+        "n": 100,
+    }
+    text = render_markdown(table)
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| student | 0.400 [0.300, 0.500] (100) | — | 0.300 [0.200, 0.400] (100) |")
+    assert [row.split(" | ")[0] for row in rows[1:6]] == [
+        "| student",
+        "| teacher",
+        "| flat",
+        "| semalign-v1",
+        "| sft",
+    ]
+    assert "| sft | mmlu | 6 | +0.333" in text and "| 0.625 |" in text
+    gaps = build_table(
+        {"student": {"mmlu": _summary(0.4)}, "teacher": {"mmlu": _summary(0.4)}, "m": {"mmlu": _summary(0.5)}}
+    )
+    assert gaps["gap_closed"] == {"m": {"mmlu": None}}
+
+
+def test_an_evaluation_only_task_has_base_rows_and_no_method_cells():
+    summaries = {
+        "student": {"mmlu": _summary(0.4), "asdiv": _summary(0.2, n=30), "humaneval": _summary(0.1, n=10)},
+        "teacher": {"mmlu": _summary(0.8), "asdiv": _summary(0.5, n=30), "humaneval": _summary(0.3, n=10)},
+        "v1": {"mmlu": _summary(0.6)},
+    }
+    results = {
+        "student": {"mmlu": _results([1, 0]), "asdiv": _results([1, 0], prefix="a")},
+        "v1": {"mmlu": _results([1, 1])},
+    }
+    table = build_table(summaries, results)
+    assert table["tasks"] == ["mmlu", "asdiv", "humaneval"]
+    assert table["gap_closed"] == {"v1": {"mmlu": pytest.approx(0.5)}}
+    assert set(table["paired_vs_student"]["v1"]) == {"mmlu"}
+    assert table["rows"]["v1"] == {
+        "mmlu": {"accuracy": 0.6, "ci_low": pytest.approx(0.5), "ci_high": pytest.approx(0.7), "n": 100}
+    }
+    lines = render_markdown(table).splitlines()
+    assert (
+        "| teacher | 0.800 [0.700, 0.900] (100) | 0.500 [0.400, 0.600] (30) | 0.300 [0.200, 0.400] (10) |"
+        in lines
+    )
+    assert "| v1 | 0.600 [0.500, 0.700] (100) | — | — |" in lines
+    assert "| v1 | 0.50 | — | — |" in lines  # gap closed: only where v1 ran
+    assert [line for line in lines if line.startswith("| v1 | ") and "asdiv" in line] == []
+
+
+# Stages
+
+
+def _project(root, tokenizer, model):
+    """A tiny project: student and teacher folders, an MMLU evaluation split, params.yaml."""
+    for role in ("student", "teacher"):
+        model.save_pretrained(root / "data/models" / role)
+        tokenizer.save_pretrained(root / "data/models" / role)
+    items = _mmlu_items(5)
+    save_split(root / "data/tasks/mmlu", "evaluation", encode(items, tokenizer, 128, True), items)
+    params = {"data": {"chat_template": True}, "evaluate": {"batch_size": 2, "limit": {"mmlu": 4}}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def _run_stage(monkeypatch, name, *args):
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    runpy.run_path(str(STAGES / name), run_name="__main__")
+
+
+def test_evaluate_and_table_stages_end_to_end(tokenizer, model, tmp_path, monkeypatch):
+    _project(tmp_path, tokenizer, model)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SemalignError, match="no adapter .* train stage"):
+        _run_stage(monkeypatch, "evaluate.py", "--task", "mmlu", "--variant", "semalign-v1")
+    torch.manual_seed(1)
+    lora = get_peft_model(
+        tiny_model("qwen2", vocab_size=VOCAB), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
+    for name, weight in lora.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight, std=2.0)  # a non-zero update, so the merge shows
+    lora.save_pretrained(tmp_path / "data/adapters/mmlu/semalign-v1")
+    for variant in ("student", "teacher", "semalign-v1"):
+        _run_stage(monkeypatch, "evaluate.py", "--task", "mmlu", "--variant", variant)
+    metrics = json.loads(Path("metrics/eval/mmlu/student.json").read_text())
+    assert metrics["n"] == 4 and metrics["protocol"]["answer_tokens"] == list(LETTERS)
+    assert 0 < metrics["letter_mass_mean"] < 1
+    assert metrics["protocol"]["example_prompt"].endswith("<|im_start|>assistant\n")
+    student = read_results("data/eval/mmlu/student.jsonl")
+    adapted = read_results("data/eval/mmlu/semalign-v1.jsonl")
+    assert len(adapted) == 4
+    assert [r.detail["logprobs"] for r in adapted] != [r.detail["logprobs"] for r in student]
+
+    _run_stage(monkeypatch, "table.py")
+    table = json.loads(Path("metrics/table.json").read_text())
+    assert table["variants"] == ["student", "teacher", "semalign-v1"]
+    assert table["paired_vs_student"]["semalign-v1"]["mmlu"]["n"] == 4
+    assert Path("report/table.md").read_text().startswith("# Results")

@@ -1,0 +1,109 @@
+"""Objectives against hand-computed values, and the invariances the method relies on."""
+
+import math
+
+import pytest
+import torch
+
+from semalign.student.objectives import (
+    cross_entropy_loss,
+    layer_cosine_loss,
+    output_cosine_loss,
+    relation_geometry_loss,
+    topk_kl_loss,
+)
+
+
+def test_layer_cosine_by_hand_and_scale_invariance():
+    h = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [5.0, 5.0]]])
+    target = torch.tensor([[[0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    # cos = 0 and 1 on the two masked-in positions: 1 − 0.5
+    assert layer_cosine_loss(h, target, mask).item() == pytest.approx(0.5)
+    assert layer_cosine_loss(h * 7, target * 0.1, mask).item() == pytest.approx(0.5)
+
+
+def test_output_cosine_by_hand():
+    logits = torch.tensor([[[3.0, 4.0, 0.0], [0.0, 0.0, 2.0], [1.0, 1.0, 1.0]]])
+    labels = torch.tensor([[-100, 1, 2]])  # position 0 predicts label 1, position 1 predicts label 2
+    # cos(z0, e1) = 4/5, cos(z1, e2) = 1
+    assert output_cosine_loss(logits, labels).item() == pytest.approx(1 - (0.8 + 1.0) / 2)
+
+
+def test_cross_entropy_by_hand():
+    logits = torch.tensor([[[0.0, math.log(3.0)], [0.0, 0.0]]])
+    labels = torch.tensor([[-100, 1]])
+    assert cross_entropy_loss(logits, labels).item() == pytest.approx(-math.log(0.75))
+
+
+def random_orthogonal(d, seed):
+    q, _ = torch.linalg.qr(
+        torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
+    return q.float()
+
+
+def test_relation_geometry_invariances_and_sensitivity():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 6, 8, generator=g)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, 4:] = 0
+    assert relation_geometry_loss(h, h, mask).item() == pytest.approx(0.0, abs=1e-10)
+    rotated = h @ random_orthogonal(8, 1)
+    shifted = h + torch.randn(2, 1, 8, generator=g) * 10  # per-sequence translation
+    scaled = h * 3.5
+    for other in (rotated, shifted, scaled):
+        assert relation_geometry_loss(h, other, mask).item() == pytest.approx(0.0, abs=1e-5)
+    # a target of another width with the same geometry: embed h in 12 dims
+    wider = torch.cat([h, torch.zeros(2, 6, 4)], dim=-1) @ random_orthogonal(12, 2)
+    assert relation_geometry_loss(h, wider, mask).item() == pytest.approx(0.0, abs=1e-5)
+    assert relation_geometry_loss(h, torch.randn(2, 6, 8, generator=g), mask).item() > 0.1
+    # masked-out tokens do not count
+    changed = h.clone()
+    changed[1, 4:] = 100.0
+    assert relation_geometry_loss(changed, h, mask).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_relation_geometry_by_hand():
+    # one sequence of two tokens: after centering they point in opposite directions (R = [[1,-1],[-1,1]]);
+    # a target of three tokens on a line at 0, 1, 3 has R with signs from centering at 4/3
+    h = torch.tensor([[[1.0, 0.0], [3.0, 0.0]]])
+    target = torch.tensor([[[0.0, 1.0], [0.0, 5.0]]])
+    assert relation_geometry_loss(h, target, torch.ones(1, 2)).item() == pytest.approx(0.0, abs=1e-7)
+    anti = torch.tensor([[[0.0, 5.0], [0.0, 5.0]]])  # centered to zero: R = 0
+    # every entry differs by 1 in magnitude: mean of (±1 − 0)² over 4 pairs = 1
+    assert relation_geometry_loss(h, anti, torch.ones(1, 2)).item() == pytest.approx(1.0)
+
+
+def test_topk_kl_equals_exact_kl_when_k_is_the_vocabulary_and_is_zero_for_equal_models():
+    g = torch.Generator().manual_seed(0)
+    teacher_logits = torch.randn(2, 3, 7, generator=g, dtype=torch.float64)
+    student_logits = torch.randn(2, 3, 7, generator=g, dtype=torch.float64)
+    t = torch.log_softmax(teacher_logits, -1)
+    s = torch.log_softmax(student_logits, -1)
+    exact = (t.exp() * (t - s)).sum(-1).mean()
+    top, ids = t.sort(dim=-1, descending=True)
+    rest = torch.full((2, 3), -1e30, dtype=torch.float64)  # no mass outside all 7 tokens
+    mask = torch.ones(2, 3)
+    assert topk_kl_loss(student_logits, top, ids, rest, mask).item() == pytest.approx(exact.item(), rel=1e-5)
+    k = 3
+    partial_rest = torch.log1p(-top[..., :k].exp().sum(-1))
+    assert topk_kl_loss(
+        teacher_logits, top[..., :k], ids[..., :k], partial_rest, mask
+    ).item() == pytest.approx(0.0, abs=1e-6)
+    approx = topk_kl_loss(student_logits, top[..., :k], ids[..., :k], partial_rest, mask).item()
+    assert 0.0 <= approx <= exact.item() + 1e-9  # merging buckets never increases KL
+
+
+def test_topk_kl_respects_the_mask():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 2, 5, generator=g)
+    t = torch.log_softmax(torch.randn(1, 2, 5, generator=g), -1)
+    top, ids = t.topk(2, -1)
+    rest = torch.log1p(-top.exp().sum(-1))
+    mask = torch.tensor([[1, 0]])
+    changed = logits.clone()
+    changed[0, 1] += 50
+    assert topk_kl_loss(logits, top, ids, rest, mask).item() == pytest.approx(
+        topk_kl_loss(changed, top, ids, rest, mask).item()
+    )
