@@ -63,7 +63,8 @@ def write_caches(task: str, config: CacheConfig, stores: StoresConfig, ranks: Ra
         arrays = cache_arrays(*encoded.input_ids.shape, info.d_model, layers, config)
         local = Path("data/cache") / task / f"{split}.zarr"
         started = time.perf_counter()
-        with shared_writer(ranks, local, arrays, fingerprint, codec=config.codec, url=stores.url) as writer:
+        rebuild = f"dvc repro -f cache@{task}"
+        with shared_writer(ranks, local, arrays, fingerprint, config.codec, stores.url, rebuild) as writer:
             computed = write_teacher_cache(
                 model, encoded, writer, config, desc=ranks.tag(f"cache {task}/{split}"), shard=ranks.shard
             )
