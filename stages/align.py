@@ -123,7 +123,8 @@ def align(task: str, config: AlignConfig, stores: StoresConfig, ranks: Ranks) ->
         }
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         local = Path("data/targets") / task / f"{split}.zarr"
-        with shared_writer(ranks, local, arrays, fingerprint, url=stores.url) as writer:
+        rebuild = f"dvc repro -f align@{task}"
+        with shared_writer(ranks, local, arrays, fingerprint, url=stores.url, rebuild=rebuild) as writer:
             write_targets(
                 split_cache,
                 trained,

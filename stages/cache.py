@@ -1,7 +1,8 @@
 """Stage `cache@<task>`: run the teacher once over the alignment and training splits and store its
 residual stream and top-k next-token distribution (lib/semalign/teacher/cache.py has the layout).
 
-Killed at any point, a rerun resumes: finished chunks are journaled and kept, the rest recomputed.
+Killed at any point, a rerun resumes: finished chunks are journaled with their checksums and kept if they
+still verify, the rest recomputed (so `dvc repro -f cache@<task>` repairs a damaged store).
 Data-parallel under `torchrun --nproc-per-node N stages/cache.py --task <task>`: each rank computes its share
 of the chunks into the same stores, rank 0 writes the manifests and metrics; the stores are identical to a
 single process's.
@@ -63,7 +64,8 @@ def write_caches(task: str, config: CacheConfig, stores: StoresConfig, ranks: Ra
         arrays = cache_arrays(*encoded.input_ids.shape, info.d_model, layers, config)
         local = Path("data/cache") / task / f"{split}.zarr"
         started = time.perf_counter()
-        with shared_writer(ranks, local, arrays, fingerprint, codec=config.codec, url=stores.url) as writer:
+        rebuild = f"dvc repro -f cache@{task}"
+        with shared_writer(ranks, local, arrays, fingerprint, config.codec, stores.url, rebuild) as writer:
             computed = write_teacher_cache(
                 model, encoded, writer, config, desc=ranks.tag(f"cache {task}/{split}"), shard=ranks.shard
             )

@@ -22,10 +22,12 @@ def make_inputs(num_examples: int = 7, max_length: int = 12, seed: int = 0) -> E
     return Encoded(ids, mask, mask.bool(), ids.masked_fill(mask == 0, -100))
 
 
-def build_cache(path: Path, config: CacheConfig, encoded: Encoded, model=None) -> int:
+def build_cache(path: Path, config: CacheConfig, encoded: Encoded, model=None, rebuild: str = "") -> int:
+    """Write (or resume) the cache store at `path`, as the cache stage does; the chunks computed."""
     model = model or tiny_model("qwen2", seed=1, num_layers=NUM_LAYERS, hidden_size=WIDTH)
     layers = kept_layers(config, NUM_LAYERS)
-    with StoreWriter(path, cache_arrays(*encoded.input_ids.shape, WIDTH, layers, config), "fp") as writer:
+    arrays = cache_arrays(*encoded.input_ids.shape, WIDTH, layers, config)
+    with StoreWriter(path, arrays, "fp", rebuild=rebuild) as writer:
         computed = write_teacher_cache(model, encoded, writer, config)
         writer.finalize({"layers": layers})
     return computed

@@ -4,6 +4,8 @@ and an evaluation-only task (asdiv) is tokenised and scored by teacher and stude
 on."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -99,6 +101,48 @@ def test_training_runs_with_the_teacher_weights_gone(project):
         run([sys.executable, "stages/train.py", "--task", "mmlu", "--objective", "v1"], project)
     finally:
         hidden.rename(teacher)
+
+
+def _store_files(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+def _chunks_computed(project: Path) -> dict[str, int]:
+    splits = json.loads((project / "metrics/cache/mmlu.json").read_text())["splits"]
+    return {split: metrics["chunks_computed"] for split, metrics in splits.items()}
+
+
+def test_a_damaged_cache_is_named_by_its_reader_and_repaired_by_the_advised_command(project):
+    alignment, training = (project / f"data/cache/mmlu/{split}.zarr" for split in ("alignment", "training"))
+    clean = {store: _store_files(store) for store in (alignment, training)}
+
+    (alignment / "h_01" / "c.0.0.0").unlink()  # read as zeros before chunks were verified
+    failed = subprocess.run(
+        [sys.executable, "stages/align.py", "--task", "mmlu"],
+        cwd=project,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert failed.returncode != 0
+    assert failed.stderr.strip().splitlines()[-1] == (
+        "semalign.errors.SemalignError: store data/cache/mmlu/alignment.zarr: chunk 0 of array 'h_01' is "
+        "missing (no file h_01/c.0.0.0); rebuild it with `dvc repro -f cache@mmlu` (it recomputes the bad "
+        "chunks)"
+    )
+    run([sys.executable, "-m", "dvc", "repro", "-f", "cache@mmlu"], project)
+    assert _chunks_computed(project) == {"alignment": 1, "training": 0}
+    assert _store_files(alignment) == clean[alignment]
+
+    chunk = training / "topk_logprobs" / "c.1.0.0"
+    chunk.write_bytes(chunk.read_bytes()[:10])  # truncated: a zstd error before chunks were verified
+    output = run([sys.executable, "-m", "dvc", "repro", "cache@mmlu"], project)
+    assert ran_stages(output) == {"cache@mmlu"}  # DVC sees the damaged out; the rerun recomputes one chunk
+    assert _chunks_computed(project) == {"alignment": 0, "training": 1}
+    assert _store_files(training) == clean[training]
+    status = run([sys.executable, "-m", "dvc", "status", "align@mmlu"], project)
+    assert "Data and pipelines are up to date." in status  # the repaired cache is the one align used
 
 
 def test_student_side_stages_never_depend_on_teacher_weights():

@@ -148,3 +148,34 @@ def test_no_stage_depends_on_a_store_path_that_may_be_a_link():
     deps = [dep for stage in stages.values() for dep in stage.get("do", stage).get("deps", [])]
     assert "data/cache/${item}" in deps
     assert not [dep for dep in deps if dep.startswith(("data/cache/", "data/targets/")) and ".zarr" in dep]
+
+
+def test_damaged_chunks_at_a_url_are_named_and_recomputed_whichever_rank_journaled_them(url):
+    values, rebuild = data(), "dvc repro -f cache@mmlu"
+    zero = StoreWriter(url, ARRAYS, "fp", rebuild=rebuild)
+    one = StoreWriter(url, ARRAYS, "fp", rank=1, rebuild=rebuild)
+    write(zero, values, only={"x": [0, 2], "n": [0]})
+    write(one, values, only={"x": [1, 3], "n": [1]})
+    zero.finalize({})
+    location = Location.of(url)
+    location.fs.rm_file(location.child("x/c.1.0.0"))  # journaled by rank 1
+    location.fs.pipe_file(location.child("n/c.0"), b"\x28\xb5\x2f\xfd cut")  # rank 0's, no longer zstd
+    store = open_store(url)
+    with pytest.raises(SemalignError) as err:
+        store.read("x")
+    assert str(err.value) == (
+        f"store {url}: chunk 1 of array 'x' is missing (no file x/c.1.0.0); rebuild it with `{rebuild}` (it "
+        "recomputes the bad chunks)"
+    )
+    with pytest.raises(SemalignError, match=r"^store \S+: chunk 0 of array 'n' is unreadable \(.*; rebuild"):
+        store.read_rows("n", 0, 1)
+
+    with StoreWriter(url, ARRAYS, "fp", rebuild=rebuild) as writer:  # the rerun, now in one process
+        assert writer.pending_chunks("x") == [1] and writer.pending_chunks("n") == [0]
+        write(writer, values, only={"x": [1], "n": [0]})
+        writer.finalize({})
+    rank_1 = [json.loads(line) for line in location.read_text("progress.1.jsonl").splitlines()]
+    assert [(e["array"], e["chunk"]) for e in rank_1] == [("n", 1), ("x", 3)]  # its bad chunk was dropped
+    store = open_store(url)
+    assert torch.equal(store.read("n"), values["n"])
+    assert torch.equal(store.read("x").view(torch.int16), values["x"].view(torch.int16))

@@ -16,8 +16,10 @@ from semalign.store import (
     ArraySpec,
     BackgroundWriter,
     StoreWriter,
+    chunk_checksum,
     from_storage,
     logical_dtype,
+    non_finite,
     open_store,
     to_storage,
 )
@@ -236,4 +238,124 @@ def test_journal_lines_name_finished_chunks(tmp_path):
     with StoreWriter(tmp_path / "s", {"x": ArraySpec((4, 2), "float32", 2)}, "fp") as w:
         w.write_chunk("x", 1, torch.ones(2, 2))
     lines = (tmp_path / "s" / "progress.jsonl").read_text().splitlines()
-    assert [json.loads(line) for line in lines] == [{"array": "x", "chunk": 1}]
+    want = chunk_checksum(np.ones((2, 2), np.float32))
+    assert [json.loads(line) for line in lines] == [{"array": "x", "chunk": 1, "xxh3": want}]
+
+
+REBUILD = "dvc repro -f cache@mmlu"
+
+
+def _finished(path, codec: str = "zstd") -> torch.Tensor:
+    """A finished store at `path` of one float32 array "x" (4 chunks) whose rebuild command is REBUILD."""
+    data = _data(torch.float32)
+    with StoreWriter(path, {"x": ArraySpec(data.shape, "float32", CHUNK)}, "fp", codec, rebuild=REBUILD) as w:
+        _write_all(w, "x", data)
+        w.finalize({})
+    return data
+
+
+def _resume(path, data: torch.Tensor, codec: str = "zstd") -> list[int]:
+    """Reopen the writer as a rerun of the stage does; the chunks it had to recompute."""
+    with StoreWriter(path, {"x": ArraySpec(data.shape, "float32", CHUNK)}, "fp", codec, rebuild=REBUILD) as w:
+        pending = w.pending_chunks("x")
+        _write_all(w, "x", data)
+        w.finalize({})
+    return pending
+
+
+def _damage_message(path, why: str) -> str:
+    advice = f"rebuild it with `{REBUILD}` (it recomputes the bad chunks)"
+    return f"store {path}: chunk 1 of array 'x' {why}; {advice}"
+
+
+@pytest.mark.parametrize("codec", ["zstd", "none"])
+def test_deleted_chunk_is_named_never_read_as_zeros_and_a_rerun_recomputes_it(tmp_path, codec):
+    data = _finished(tmp_path / "s", codec)
+    clean = _files(tmp_path / "s")
+    (tmp_path / "s" / "x" / "c.1.0.0").unlink()
+    store = open_store(tmp_path / "s")
+    assert torch.equal(store.read_rows("x", 0, 16), data[:16])  # chunk 0 is intact and still readable
+    want = _damage_message(tmp_path / "s", "is missing (no file x/c.1.0.0)")
+    for read in (
+        lambda: store.read("x"),
+        lambda: store.read_rows("x", 20, 21),
+        lambda: store.rows("x")[[40, 17]],
+    ):
+        with pytest.raises(SemalignError) as err:
+            read()
+        assert str(err.value) == want
+    assert _resume(tmp_path / "s", data, codec) == [1]  # the rerun the message advises recomputes it
+    assert _files(tmp_path / "s") == clean
+    assert torch.equal(open_store(tmp_path / "s").read("x"), data)
+
+
+def test_truncated_chunk_is_one_line_on_read_and_recomputed_on_resume(tmp_path):
+    data = _finished(tmp_path / "s")
+    clean = _files(tmp_path / "s")
+    chunk = tmp_path / "s" / "x" / "c.1.0.0"
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    with pytest.raises(SemalignError) as err:
+        open_store(tmp_path / "s").read_rows("x", 10, 40)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(
+        f"store {tmp_path / 's'}: chunk 1 of array 'x' is unreadable ("
+    )
+    assert message.endswith(f"; rebuild it with `{REBUILD}` (it recomputes the bad chunks)")
+    assert _resume(tmp_path / "s", data) == [1]
+    assert _files(tmp_path / "s") == clean
+
+
+def test_altered_chunk_is_named_by_its_checksum(tmp_path):
+    data = _finished(tmp_path / "s")
+    zarr.open_group(tmp_path / "s", mode="r+")["x"][16] = np.nan  # a valid file with other contents
+    altered = data[16:32].clone()
+    altered[0] = float("nan")
+    got, want = chunk_checksum(to_storage(altered)), chunk_checksum(to_storage(data[16:32]))
+    with pytest.raises(SemalignError) as err:
+        open_store(tmp_path / "s").rows("x")[[17]]
+    assert str(err.value) == _damage_message(tmp_path / "s", f"is damaged (checksum {got}, recorded {want})")
+    assert _resume(tmp_path / "s", data) == [1]
+    assert torch.equal(open_store(tmp_path / "s").read("x"), data)
+
+
+def test_finished_store_reopened_verifies_every_chunk_and_keeps_the_good_ones(tmp_path):
+    data = _finished(tmp_path / "s")
+    assert _resume(tmp_path / "s", data) == []  # nothing damaged: nothing recomputed
+    (tmp_path / "s" / "x" / "c.3.0.0").unlink()
+    (tmp_path / "s" / "x" / "c.0.0.0").write_bytes(b"\x28\xb5\x2f\xfd garbage")
+    assert _resume(tmp_path / "s", data) == [0, 3]
+    lines = (tmp_path / "s" / "progress.jsonl").read_text().splitlines()
+    assert [json.loads(line)["chunk"] for line in lines] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_writer_refuses_non_finite_chunks(tmp_path, dtype, bad):
+    data = _data(dtype)
+    data[20, 1, 2] = data[30, 0, 0] = bad
+    with StoreWriter(tmp_path / "s", {"x": ArraySpec(data.shape, logical_dtype(dtype), CHUNK)}, "fp") as w:
+        _write_all(w, "x", data, chunks=[0])
+        with pytest.raises(SemalignError) as err:
+            w.write_chunk("x", 1, data[16:32])
+        assert str(err.value) == (
+            f"store {tmp_path / 's'}: chunk 1 of 'x' (rows 16..31) holds 2 NaN/inf values and is not "
+            "written; rerunning computes them again: fix what it is computed from (the model's weights or "
+            "dtype, or the inputs)"
+        )
+        assert w.pending_chunks("x") == [1, 2, 3]
+    largest = torch.tensor([65504.0], dtype=torch.float16)  # finite extremes pass
+    assert non_finite(to_storage(largest), "float16") == 0
+    assert non_finite(to_storage(torch.tensor([3.3e38, -1e-40]).bfloat16()), "bfloat16") == 0
+
+
+def test_store_without_checksums_is_refused_and_its_journal_recomputed(tmp_path):
+    data = _finished(tmp_path / "s")
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    del manifest["checksums"]
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SemalignError, match="written before chunk checksums"):
+        open_store(tmp_path / "s")
+    # journal lines without a checksum (an older writer) are not trusted
+    (tmp_path / "s" / "progress.jsonl").write_text('{"array": "x", "chunk": 0}\n{"array": "x", "chunk": 2}\n')
+    assert _resume(tmp_path / "s", data) == [0, 1, 2, 3]
+    assert torch.equal(open_store(tmp_path / "s").read("x"), data)

@@ -134,17 +134,17 @@ def shared_writer(
     fingerprint: str,
     codec: str = "zstd",
     url: str = "",
+    rebuild: str = "",
 ) -> Iterator[StoreWriter]:
     """A `StoreWriter` for this rank on the store the pipeline knows as `local`, placed under `url` when one
-    is
-    given (`placed_store`): rank 0 creates (or resumes, or rebuilds) it before the others open it, so no two
-    ranks ever recreate it."""
+    is given (`placed_store`): rank 0 creates (or resumes after verifying its chunks, or rebuilds) it before
+    the others open it, so no two ranks ever recreate it; `rebuild` is the command errors name."""
     placed = placed_store(local, url, fingerprint)
     if ranks.is_main:
-        writer = StoreWriter(placed, arrays, fingerprint, codec=codec)
+        writer = StoreWriter(placed, arrays, fingerprint, codec=codec, rebuild=rebuild)
     ranks.barrier()
     if not ranks.is_main:
-        writer = StoreWriter(placed, arrays, fingerprint, codec=codec, rank=ranks.rank)
+        writer = StoreWriter(placed, arrays, fingerprint, codec=codec, rank=ranks.rank, rebuild=rebuild)
     try:
         yield writer
     finally:

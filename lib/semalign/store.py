@@ -11,6 +11,14 @@ own chunks in `progress.<rank>.jsonl` (rank 0 in `progress.jsonl`), every journa
 the number of processes, and only rank 0 may create the store. bfloat16 is stored losslessly as its uint16
 bits, the logical dtype recorded as an array attribute.
 
+Integrity: each journal line carries the chunk's checksum (xxh3-64 of its decoded storage bytes, so it holds
+whatever the codec), and the manifest lists them all. A reader verifies every chunk it reads: a missing,
+truncated or altered chunk raises SemalignError naming the store, array, chunk and the command that rebuilds
+it (the writer's `rebuild`, recorded in the manifest). Rank 0 reopening a store verifies every journaled chunk
+before trusting the journal and drops the bad ones, so rerunning the writing stage recomputes exactly them,
+never zero chunks over a damaged store. A chunk holding NaN or ±inf is refused when written, so no store
+holds one. Verification costs are in bench/RESULTS.md (bench/bench_store.py).
+
 A store kept elsewhere than where the pipeline looks for it (`placed_store`: under a shared URL, named by
 its fingerprint) is reached through a small link file `<name>.link.json` at the local path (`link_store`),
 which `open_store` follows and checks.
@@ -32,11 +40,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import xxhash
 import zarr
 from zarr.codecs import ZstdCodec
 
 from semalign.errors import SemalignError
 from semalign.location import Location
+from semalign.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +64,9 @@ CODECS = ("zstd", "none")
 MAX_CHUNK_FILES = 1000
 JOURNAL, MANIFEST, GROUP = "progress.jsonl", "manifest.json", "zarr.json"
 LINK_SUFFIX = ".link.json"
+CHECKSUMS, REBUILD = "checksums", "rebuild"  # manifest keys the store owns besides its spec
+# bfloat16 NaN and ±inf: all eight exponent bits set
+BFLOAT16_EXPONENT = 0x7F80
 
 
 def logical_dtype(dtype: torch.dtype) -> str:
@@ -123,8 +136,54 @@ def _lookup(arrays: dict[str, ArraySpec], name: str, where: Location) -> ArraySp
     return arrays[name]
 
 
-def _journal_text(chunks: set[tuple[str, int]]) -> str:
-    return "".join(json.dumps({"array": a, "chunk": i}) + "\n" for a, i in sorted(chunks))
+def chunk_checksum(array: np.ndarray) -> str:
+    """xxh3-64 (16 hex digits) of a chunk's decoded storage bytes, C order: what a journal line records."""
+    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+
+
+def non_finite(array: np.ndarray, dtype: str) -> int:
+    """How many values of `array` (storage form of logical `dtype`) are NaN or ±inf; 0 for integers."""
+    if dtype == "bfloat16":
+        return int(np.count_nonzero((array & BFLOAT16_EXPONENT) == BFLOAT16_EXPONENT))
+    if dtype in ("float32", "float16"):
+        return int(array.size - np.count_nonzero(np.isfinite(array)))
+    return 0
+
+
+def _journal_text(chunks: dict[tuple[str, int], str]) -> str:
+    return "".join(
+        json.dumps({"array": a, "chunk": i, "xxh3": chunks[a, i]}) + "\n" for a, i in sorted(chunks)
+    )
+
+
+def _rebuild_advice(rebuild: str) -> str:
+    if rebuild:
+        return f"rebuild it with `{rebuild}` (it recomputes the bad chunks)"
+    return (
+        "rebuild it with `dvc repro -f <stage>` for the stage that writes it (it recomputes the bad chunks)"
+    )
+
+
+def _chunk_key(group: zarr.Group, name: str, chunk_index: int) -> str:
+    """The path under the store's root of the file holding chunk `chunk_index` of array `name`."""
+    array = group[name]
+    return f"{name}/{array.metadata.encode_chunk_key((chunk_index,) + (0,) * (array.ndim - 1))}"
+
+
+def _chunk_problem(
+    group: zarr.Group, where: Location, name: str, spec: ArraySpec, chunk: int, want: str
+) -> str | None:
+    """What is wrong with chunk `chunk` of array `name` (e.g. "is missing"), None if it reads back with
+    checksum `want`."""
+    key = _chunk_key(group, name, chunk)
+    if not where.exists(key):  # zarr would read it as zeros
+        return f"is missing (no file {key})"
+    start, stop = spec.rows(chunk)
+    try:
+        got = chunk_checksum(group[name][start:stop])
+    except Exception as err:  # a truncated or garbled chunk fails in its codec (zstd)
+        return f"is unreadable ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+    return None if got == want else f"is damaged (checksum {got}, recorded {want})"
 
 
 class StoreWriter:
@@ -139,7 +198,10 @@ class StoreWriter:
         fingerprint: str,
         codec: str = "zstd",
         rank: int = 0,
+        rebuild: str = "",
     ):
+        """`rebuild`: the command that recomputes this store's bad chunks (e.g. `dvc repro -f cache@mmlu`),
+        recorded in the manifest and named in every error about its chunks."""
         if codec not in CODECS:
             raise SemalignError(f"store codec {codec!r} is unknown; use one of {CODECS}")
         files = sum(a.num_chunks for a in arrays.values())
@@ -148,7 +210,7 @@ class StoreWriter:
                 f"store {where} would hold {files} chunk files (> {MAX_CHUNK_FILES}); raise chunk_rows"
             )
         self.location, self.arrays = Location.of(where), dict(arrays)
-        self._spec = _spec_json(arrays, fingerprint, codec)
+        self._spec, self.rebuild = _spec_json(arrays, fingerprint, codec), rebuild
         if rank == 0:
             self._open_or_create(codec)
         else:
@@ -156,6 +218,8 @@ class StoreWriter:
         # The manifest is rewritten by finalize(); until then the store reads as incomplete.
         self.location.remove(MANIFEST)
         self._journal = JOURNAL if rank == 0 else f"progress.{rank}.jsonl"
+        if rank == 0:  # before any other rank opens the store (shared_writer): they read verified journals
+            self._drop_bad_chunks()
         self._done, self._mine = self._read_journals()
         self._journal_lock = threading.Lock()  # chunks of one store may be written from several threads
         self._closed = False
@@ -207,16 +271,51 @@ class StoreWriter:
                 "on rank 0 first (semalign.distributed.shared_writer does)"
             )
 
-    def _read_journals(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
-        """(chunks journaled by any rank, those in this writer's own journal) as (array, chunk) pairs."""
-        done, mine = set(), set()
-        for name in self.location.glob("progress*.jsonl"):
-            for line in self.location.read_text(name).splitlines():
-                entry = json.loads(line)
-                done.add((entry["array"], entry["chunk"]))
-                if name == self._journal:
-                    mine.add((entry["array"], entry["chunk"]))
+    def _journal_entries(self, journal: str) -> dict[tuple[str, int], str | None]:
+        """(array, chunk) -> checksum of each line of `journal` (None for a line of an older format)."""
+        lines = self.location.read_text(journal).splitlines()
+        return {(e["array"], e["chunk"]): e.get("xxh3") for e in map(json.loads, lines)}
+
+    def _read_journals(self) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int], str]]:
+        """(chunks journaled by any rank, those in this writer's own journal): (array, chunk) -> checksum."""
+        done, mine = {}, {}
+        for journal in self.location.glob("progress*.jsonl"):
+            entries = self._journal_entries(journal)
+            done |= entries
+            if journal == self._journal:
+                mine |= entries
         return done, mine
+
+    def _drop_bad_chunks(self) -> None:
+        """Read back every journaled chunk of every rank's journal and remove from the journals those that
+        are missing, unreadable or differ from their checksum, so they are pending again."""
+        journals = {
+            journal: self._journal_entries(journal) for journal in self.location.glob("progress*.jsonl")
+        }
+        total = sum(len(entries) for entries in journals.values())
+        if not total:
+            return
+        bar = progress(range(total), desc=f"verify {self.location}", unit="chunk")
+        for journal, entries in journals.items():
+            bad = []
+            for (name, chunk), want in sorted(entries.items()):
+                spec = self.arrays.get(name)
+                if spec is None or not 0 <= chunk < spec.num_chunks:
+                    why = "is not part of the spec"
+                elif want is None:
+                    why = "has no checksum (journaled by an older semalign)"
+                else:
+                    why = _chunk_problem(self._group, self.location, name, spec, chunk, want)
+                if why:
+                    bad.append((name, chunk))
+                    log.warning(
+                        "store %s: chunk %d of %r %s; recomputing it", self.location, chunk, name, why
+                    )
+                bar.update(1)
+            if bad:
+                kept = {key: entries[key] for key in entries if key not in bad}
+                self.location.write_atomic(journal, _journal_text(kept))
+        bar.close()
 
     def pending_chunks(self, name: str) -> list[int]:
         """Chunk indices of array `name` that are not yet journaled (all of them for a new store)."""
@@ -239,15 +338,22 @@ class StoreWriter:
                 f"chunk {chunk_index} of {name!r} is {tuple(array.shape)} {array.dtype}; "
                 f"expected {want} {spec.dtype}"
             )
+        bad = non_finite(array, spec.dtype)
+        if bad:
+            raise SemalignError(
+                f"store {self.location}: chunk {chunk_index} of {name!r} (rows {start}..{stop - 1}) holds "
+                f"{bad} NaN/inf values and is not written; rerunning computes them again: fix what it is "
+                "computed from (the model's weights or dtype, or the inputs)"
+            )
+        checksum = chunk_checksum(array)
         # An all-fill-value chunk must still become a file: it is what is made durable before journaling.
         zarr_array = self._group[name].with_config({"write_empty_chunks": True})
         zarr_array[start:stop] = array
-        key = zarr_array.metadata.encode_chunk_key((chunk_index,) + (0,) * (len(spec.shape) - 1))
-        self.location.make_durable(f"{name}/{key}")
+        self.location.make_durable(_chunk_key(self._group, name, chunk_index))
         with self._journal_lock:
-            self._mine.add((name, chunk_index))
+            self._mine[name, chunk_index] = checksum
             self.location.write_atomic(self._journal, _journal_text(self._mine))
-            self._done.add((name, chunk_index))
+            self._done[name, chunk_index] = checksum
 
     def finalize(self, manifest: dict) -> dict:
         """Write manifest.json (arrays, fingerprint, codec + the caller's `manifest`) once all chunks are
@@ -258,10 +364,13 @@ class StoreWriter:
             raise SemalignError(
                 f"store {self.location} is missing chunks {missing}; write them before finalize()"
             )
-        clash = sorted(set(manifest) & set(self._spec))
+        clash = sorted(set(manifest) & {*self._spec, CHECKSUMS, REBUILD})
         if clash:
             raise SemalignError(f"manifest keys {clash} are reserved by the store; rename them")
-        full = self._spec | manifest
+        checksums = {
+            name: [self._done[name, i] for i in range(spec.num_chunks)] for name, spec in self.arrays.items()
+        }
+        full = self._spec | {CHECKSUMS: checksums, REBUILD: self.rebuild} | manifest
         self.location.write_atomic(MANIFEST, json.dumps(full, indent=2))
         return full
 
@@ -333,7 +442,8 @@ class BackgroundWriter:
 
 
 class Store:
-    """A finished store, read-only: `manifest` (dict), `arrays` (name -> ArraySpec)."""
+    """A finished store, read-only: `manifest` (dict), `arrays` (name -> ArraySpec). Every chunk read is
+    checked against the manifest's checksum."""
 
     def __init__(self, location: Location, manifest: dict, group: zarr.Group):
         self.location, self.manifest, self._group = location, manifest, group
@@ -342,13 +452,46 @@ class Store:
             for name, a in manifest["arrays"].items()
         }
 
+    def _damaged(self, name: str, chunk: int, why: str) -> SemalignError:
+        return SemalignError(
+            f"store {self.location}: chunk {chunk} of array {name!r} {why}; "
+            f"{_rebuild_advice(self.manifest.get(REBUILD, ''))}"
+        )
+
+    def _chunks(self, name: str, first: int, last: int) -> np.ndarray:
+        """Chunks first..last of array `name`, verified, in storage form: `[their rows, *shape[1:]]`."""
+        spec, want = self.arrays[name], self.manifest[CHECKSUMS][name]
+        start, stop = spec.rows(first)[0], spec.rows(last)[1]
+        try:
+            data, failure = self._group[name][start:stop], None
+        except Exception as err:  # a chunk its codec cannot decode: found below, chunk by chunk
+            data, failure = None, err
+        for chunk in range(first, last + 1):
+            if data is not None:
+                lo, hi = (row - start for row in spec.rows(chunk))
+                if chunk_checksum(data[lo:hi]) == want[chunk]:
+                    continue
+            why = _chunk_problem(self._group, self.location, name, spec, chunk, want[chunk])
+            if why or data is not None:
+                raise self._damaged(name, chunk, why or f"changed while it was read (checksum {want[chunk]})")
+        if data is None:
+            raise SemalignError(
+                f"store {self.location}: rows {start}..{stop - 1} of {name!r} failed to read ({failure}) "
+                "though each of their chunks reads back intact; retry"
+            ) from failure
+        return data
+
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of array `name`: `[stop - start, *shape[1:]]`, reading only the chunks they
-        touch."""
+        """Rows [start, stop) of array `name`: `[stop - start, *shape[1:]]`, reading (and verifying) only the
+        chunks they touch."""
         spec = _lookup(self.arrays, name, self.location)
         if not 0 <= start <= stop <= spec.shape[0]:
             raise SemalignError(f"rows [{start}, {stop}) are outside array {name!r} of {spec.shape[0]} rows")
-        return from_storage(self._group[name][start:stop], spec.dtype)
+        if start == stop:
+            return from_storage(np.zeros((0, *spec.shape[1:]), DTYPES[spec.dtype][1]), spec.dtype)
+        first, last = start // spec.chunk_rows, (stop - 1) // spec.chunk_rows
+        offset = first * spec.chunk_rows
+        return from_storage(self._chunks(name, first, last)[start - offset : stop - offset], spec.dtype)
 
     def read(self, name: str) -> torch.Tensor:
         """The whole array `name`: `shape`."""
@@ -358,12 +501,16 @@ class Store:
         """Rows `rows` (any order, `[n]` integers) of array `name`: `[n, *shape[1:]]`, reading only their
         chunks."""
         spec = _lookup(self.arrays, name, self.location)
-        rows = torch.as_tensor(rows, dtype=torch.int64)
-        if len(rows) and not (int(rows.min()) >= 0 and int(rows.max()) < spec.shape[0]):
+        rows = torch.as_tensor(rows, dtype=torch.int64).numpy()
+        if not len(rows):
+            return self.read_rows(name, 0, 0)
+        if not (int(rows.min()) >= 0 and int(rows.max()) < spec.shape[0]):
             raise SemalignError(f"rows {rows.tolist()} reach outside array {name!r} of {spec.shape[0]} rows")
-        ordered, position = torch.sort(rows)
-        picked = from_storage(self._group[name].oindex[ordered.numpy()], spec.dtype)
-        return picked[torch.argsort(position)]
+        chunks, index = np.unique(rows // spec.chunk_rows, return_inverse=True)
+        blocks = [self._chunks(name, chunk, chunk) for chunk in chunks]
+        block_start = np.cumsum([0] + [len(b) for b in blocks[:-1]])  # each chunk's first row once stacked
+        within = rows - chunks[index] * spec.chunk_rows
+        return from_storage(np.concatenate(blocks)[block_start[index] + within], spec.dtype)
 
     def rows(self, name: str) -> StoreRows:
         """Array `name` as a lazy row source: `len()` rows, `[rows]` reads just those rows."""
@@ -448,6 +595,12 @@ def open_store(path: str | Path) -> Store:
             if tuple(group[name].shape) != tuple(spec["shape"]):
                 raise ValueError(
                     f"array {name!r} has shape {group[name].shape}, manifest says {spec['shape']}"
+                )
+            chunks = -(-spec["shape"][0] // spec["chunk_rows"])
+            if len(manifest.get(CHECKSUMS, {}).get(name, [])) != chunks:
+                raise ValueError(
+                    f"its manifest has no checksum for each of the {chunks} chunks of {name!r}, as a store "
+                    "written before chunk checksums"
                 )
     except Exception as err:
         raise SemalignError(

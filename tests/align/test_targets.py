@@ -1,13 +1,17 @@
 """Targets: the teacher's residual contribution at the paired depth, mapped by M, zero on padding."""
 
+import numpy as np
+import pytest
 import torch
+import zarr
 
 from cache_fixtures import NUM_LAYERS, build_cache, make_inputs
 from semalign.align.alignment import decompose_recompose
 from semalign.align.latent_maps import semantic_map
 from semalign.align.pairing import build_pairing
 from semalign.align.targets import target_arrays, target_name, teacher_quantity, write_targets
-from semalign.store import StoreWriter, open_store
+from semalign.errors import SemalignError
+from semalign.store import StoreWriter, open_store, to_storage
 from semalign.teacher.cache import CacheConfig, state_name
 
 D_STUDENT = 16
@@ -50,3 +54,62 @@ def test_without_interpolation_the_paired_layer_is_used(tmp_path):
     got = teacher_quantity(cache, pair, use_interpolation=False, start=0, stop=2)
     ell = pair.teacher_layer
     torch.testing.assert_close(got, cache.read(state_name(ell)) - cache.read(state_name(ell - 1)))
+
+
+def _poison(path, name: str, example: int) -> None:
+    """Write a NaN into example `example` of array `name` behind the store's back (a bit flip, a bad disk)."""
+    array = zarr.open_group(path, mode="r+")[name]
+    value = torch.tensor([float("nan")], dtype=torch.bfloat16 if array.dtype == np.uint16 else torch.float32)
+    array[example, 0, 0] = to_storage(value)[0]
+
+
+def _advice(command: str) -> str:
+    return f"; rebuild it with `{command}` (it recomputes the bad chunks)"
+
+
+def test_nan_in_the_cache_is_named_when_align_reads_it_and_the_advised_rerun_repairs_it(tmp_path):
+    encoded, config, path = make_inputs(num_examples=5), CacheConfig(batch_size=2), tmp_path / "cache.zarr"
+    build_cache(path, config, encoded, rebuild="dvc repro -f cache@mmlu")
+    pair = build_pairing(NUM_LAYERS, 2, [0.2, 0.5, 0.3], mode="v1").layers[0]
+    clean = teacher_quantity(open_store(path), pair, False, 0, 5)
+    _poison(path, state_name(pair.teacher_layer), example=2)  # chunk 1 (batch_size 2)
+    with pytest.raises(SemalignError) as err:
+        teacher_quantity(open_store(path), pair, False, 0, 5)
+    message = str(err.value)
+    assert message.startswith(
+        f"store {path}: chunk 1 of array '{state_name(pair.teacher_layer)}' is damaged ("
+    )
+    assert message.endswith(_advice("dvc repro -f cache@mmlu"))
+    assert (
+        build_cache(path, config, encoded, rebuild="dvc repro -f cache@mmlu") == 1
+    )  # what that command runs
+    assert torch.equal(teacher_quantity(open_store(path), pair, False, 0, 5), clean)
+
+
+def test_nan_in_targets_is_named_when_training_reads_it_and_the_advised_rerun_repairs_it(tmp_path):
+    encoded = make_inputs(num_examples=5)
+    build_cache(tmp_path / "cache.zarr", CacheConfig(dtype="float32", batch_size=2), encoded)
+    cache = open_store(tmp_path / "cache.zarr")
+    pairs = [build_pairing(NUM_LAYERS, 2, [0.2, 0.5, 0.3], mode="v1").layers[0]]
+    maps = {pairs[0].student_layer: semantic_map(torch.randn(D_STUDENT, 32, dtype=torch.float64))}
+    arrays, path = (
+        target_arrays(pairs, 5, encoded.input_ids.shape[1], D_STUDENT, 2),
+        tmp_path / "targets.zarr",
+    )
+
+    def align() -> int:
+        with StoreWriter(path, arrays, "fp", rebuild="dvc repro -f align@mmlu") as writer:
+            computed = write_targets(cache, pairs, maps, False, writer)
+            writer.finalize({})
+        return computed
+
+    assert align() == 3
+    name = target_name(pairs[0].student_layer)
+    clean = open_store(path).read(name)
+    _poison(path, name, example=4)  # chunk 2, the short last one
+    with pytest.raises(SemalignError) as err:
+        open_store(path).rows(name)[torch.tensor([4, 0])]  # how train reads its micro batches
+    assert str(err.value).startswith(f"store {path}: chunk 2 of array '{name}' is damaged (")
+    assert str(err.value).endswith(_advice("dvc repro -f align@mmlu"))
+    assert align() == 1
+    assert torch.equal(open_store(path).read(name), clean)

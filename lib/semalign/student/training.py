@@ -351,7 +351,7 @@ def train(
                             if not torch.isfinite(value):
                                 raise SemalignError(
                                     f"step {step + 1}, term {term}: loss is {value.item()}; lower "
-                                    "train.lr or check the targets store (rerun `dvc repro align`)"
+                                    "train.lr (the stores it reads are checked finite and checksummed)"
                                 )
                         (losses["loss"] * ranks.world / accumulation).backward()
                     sums += (
