@@ -386,6 +386,12 @@ runs = {
     ),
     "locked_folder": run_program("import os\\nos.mkdir('d')\\nopen('d/f', 'w')\\nos.chmod('d', 0)", **limits),
     "loop": run_program("while True: pass", **limits),
+    "view": run_program(
+        "import os\\nprint(os.path.exists('/etc'), [p for p in os.listdir('/proc') if p.isdigit()], "
+        "os.getcwd())",
+        **limits,
+    ),
+    "early_exit": run_program("import os\\nos._exit(0)\\nassert False", **limits),
 }
 print(json.dumps({"own": [os.readlink('/proc/self/ns/net'), os.readlink('/proc/self/ns/pid')],
                   "runs": {k: [r.status, r.stdout_tail, r.stderr_tail] for k, r in runs.items()},
@@ -422,5 +428,12 @@ def test_unprivileged_evaluator_still_gets_namespaces_limits_and_cleanup():
     assert runs["namespaces"][0] == "passed" and pid == "1"
     assert net != report["own"][0] and pid_ns != report["own"][1]
     assert runs["fork_bomb"][0] == "failed" and "BlockingIOError" in runs["fork_bomb"][2]
-    assert [runs[k][0] for k in ("escape", "locked_folder", "loop")] == ["passed", "passed", "timeout"]
+    assert [runs[k][0] for k in ("escape", "locked_folder", "loop", "early_exit")] == [
+        "passed",
+        "passed",
+        "timeout",
+        "failed",
+    ]
+    etc, pids, cwd = runs["view"][1].split()
+    assert runs["view"][0] == "passed" and etc == "False" and pids == "['1']" and cwd.startswith(str(home))
     assert report["left"] == [] and _pids_of(uid) == []
