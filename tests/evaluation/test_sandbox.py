@@ -84,9 +84,8 @@ def test_a_program_that_exits_before_its_tests_complete_fails(tmp_path, completi
     problem = _rows("humaneval.jsonl")[0]
     parts = problem["prompt"], completion, problem["test"], problem["entry_point"]
     plain = subprocess.run([sys.executable, "-I", "-c", humaneval_program(*parts)], cwd=tmp_path, timeout=30)
-    result = check_humaneval(
-        *parts, timeout_s=10.0
-    )  # a loaded machine must not turn a failure into a timeout
+    # 10 s: a loaded machine must not turn a failure into a timeout.
+    result = check_humaneval(*parts, timeout_s=10.0)
     assert plain.returncode == 0
     assert (result.passed, result.status) == (False, "failed")
 
