@@ -362,6 +362,47 @@ def test_root_without_cap_sys_admin_refuses_instead_of_running_unconfined(tmp_pa
     assert not marker.exists()
 
 
+# Installs a seccomp filter that fails every mount(2) with EPERM (x86_64 numbers), then runs a program.
+NO_MOUNT_SCRIPT = """
+import ctypes, sys
+sys.path.insert(0, sys.argv[1])
+from semalign.evaluation.sandbox import run_program
+
+class Rule(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+class Filter(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("rules", ctypes.POINTER(Rule))]
+
+# load the syscall number; if mount (165): fail with EPERM, else allow
+rules = (Rule * 4)(
+    Rule(0x20, 0, 0, 0), Rule(0x15, 0, 1, 165), Rule(0x06, 0, 0, 0x50001), Rule(0x06, 0, 0, 0x7FFF0000)
+)
+args = [ctypes.c_ulong(22), ctypes.c_ulong(2), ctypes.byref(Filter(4, rules)), ctypes.c_ulong(0),
+        ctypes.c_ulong(0)]
+assert ctypes.CDLL(None).prctl(*args) == 0  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+run_program(sys.argv[2])
+"""
+
+
+@root_only
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the seccomp filter uses x86_64 syscall numbers")
+def test_a_machine_that_forbids_mounts_gets_an_error_not_an_unconfined_run(tmp_path):
+    ran = tmp_path / "ran"
+    done = subprocess.run(
+        [sys.executable, "-c", NO_MOUNT_SCRIPT, sandbox._LIB, f"open({str(ran)!r}, 'w')"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1 and not ran.exists()
+    assert (
+        "SemalignError: sandbox cannot give the program a private filesystem view "
+        "([Errno 1] set flags of /: Operation not permitted); it needs mount namespaces" in done.stderr
+    )
+
+
 def _system_python():
     """A Python >= 3.11 outside root-only folders, so that an unprivileged evaluator can run it."""
     for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):

@@ -556,13 +556,15 @@ def _confine(uid: int | None, limits: Limits) -> None:
 
 
 def _mount(
-    source: str | Path | None, target: str | Path, fstype: str | None, flags: int, options=None
+    source: str | Path | None, target: str | Path, fstype: str | None, flags: int, options: str | None = None
 ) -> None:
     def c(value):
         return None if value is None else os.fsencode(value)
 
     returned = _libc().mount(c(source), c(target), c(fstype), ctypes.c_ulong(flags), c(options))
-    _check(returned, f"mount {fstype or source or ''} on {target}")
+    _check(
+        returned, f"mount {fstype or source} on {target}" if fstype or source else f"set flags of {target}"
+    )
 
 
 def _unshare(flags: int) -> None:
