@@ -227,8 +227,9 @@ def test_infinite_loop_is_stopped_at_the_wall_clock_timeout():
 
 
 def test_cpu_limit_kills_a_busy_program_before_the_wall_clock():
-    result = run_program("while True: pass", timeout_s=10.0, memory_mb=256, cpu_s=1)
-    assert (result.status, result.returncode) == ("killed", -9) and result.seconds < 5.0
+    # 'killed', not 'timeout': the CPU limit struck first (a long wall clock, for loaded machines).
+    result = run_program("while True: pass", timeout_s=30.0, memory_mb=256, cpu_s=1)
+    assert (result.status, result.returncode) == ("killed", -9)
 
 
 def test_huge_allocation_fails_with_memory_error():
