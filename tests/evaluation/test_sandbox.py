@@ -90,10 +90,45 @@ def test_a_program_that_exits_before_its_tests_complete_fails(tmp_path, completi
     assert (result.passed, result.status) == (False, "failed")
 
 
-def test_a_trace_hook_is_refused():
-    result = run_program("import sys\nsys.settrace(lambda *args: None)", **TIGHT)
-    assert result.status == "failed"
-    assert "RuntimeError: the sandbox forbids sys.settrace: a trace hook could skip" in result.stderr_tail
+TRACE_HOOKS = {
+    "sys_settrace": "sys.settrace(tracer)",
+    "threading_settrace": "threading.settrace(tracer)",
+    "sys_setprofile": "sys.setprofile(tracer)",
+    "ctypes_PyEval_SetTrace": "ctypes.pythonapi.PyEval_SetTrace(c_tracer, None)",
+}
+TRACED = """
+import ctypes, sys, threading
+events = []
+def tracer(frame, event, arg):
+    events.append(event)
+    return tracer
+c_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
+c_tracer = c_type(lambda *args: events.append(args[2]) or 0)
+try:
+    {install}
+except RuntimeError as refused:
+    print("RuntimeError:", refused, file=sys.stderr)
+def traced():
+    return 1
+thread = threading.Thread(target=traced)
+thread.start()
+thread.join()
+traced()
+print(len(events))
+"""
+
+
+@pytest.mark.parametrize("install", TRACE_HOOKS.values(), ids=TRACE_HOOKS.keys())
+def test_trace_and_profile_hooks_are_refused(tmp_path, install):
+    source = TRACED.format(install=install)
+    plain = subprocess.run([sys.executable, "-I", "-c", source], cwd=tmp_path, capture_output=True, text=True)
+    result = run_program(source, **TIGHT)
+    assert plain.returncode == 0 and int(plain.stdout) > 0  # the hook sees events where it is allowed
+    assert result.passed and result.stdout_tail == "0\n"
+    event = "sys.setprofile" if "profile" in install else "sys.settrace"
+    assert (
+        f"RuntimeError: the sandbox forbids {event}: a trace hook could skip the tests" in result.stderr_tail
+    )
 
 
 def test_the_program_runs_as_a_module_not_as_main():

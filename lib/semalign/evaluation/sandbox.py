@@ -25,7 +25,8 @@ Guarantees when the evaluator runs as root (the project's machines):
   project file. The host root is unmounted (pivot_root), so nothing outside the view can be named.
   Everything but the program's directory vanishes with the namespace; that directory is deleted after.
 - The program runs as a fresh unprivileged uid and gid (random, from a range no account uses), with no
-  capability. It cannot signal the evaluator or the launcher (EPERM). RLIMIT_NPROC applies to it (Linux
+  capability (not even CAP_DAC_READ_SEARCH, whose open_by_handle_at reaches files outside any mount
+  view). It cannot signal the evaluator or the launcher (EPERM). RLIMIT_NPROC applies to it (Linux
   does not enforce RLIMIT_NPROC for root), so a fork bomb stops at `max_processes`.
 - New network namespace: only a loopback interface, and it is down, so every connection fails, even to
   127.0.0.1. New pid namespace: the program is pid 1, sees no outside pid (`os.getppid()` is 0, /proc
