@@ -305,7 +305,7 @@ def test_a_killed_run_resumes_computing_only_the_missing_items(monkeypatch, tmp_
     again = FakeComplete(_asdiv_answer)
     monkeypatch.setattr(generation, "complete", again)
     assert evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, path) == fresh and again.calls == 0
-    faster = EvalConfig(batch_size=5, workers=1, timeout_s=3.0, chat_template=False)  # no math result changes
+    faster = EvalConfig(batch_size=5, workers=1, timeout_s=1.0, chat_template=False)  # no math result changes
     assert evaluate_task(None, tiny_tokenizer(), "asdiv", items, faster, path) == fresh and again.calls == 0
     # Other decoding settings or another model: the old results do not count.
     evaluate_task(

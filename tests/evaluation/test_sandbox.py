@@ -1,5 +1,6 @@
-"""The sandbox: real harness programs are scored right, and hostile programs are contained and scored as
-failures without harming the evaluator or the machine. Limits are tight so the file runs in seconds."""
+"""The sandbox: real harness programs are scored right, programs that end early are scored as failures,
+and hostile programs are contained, see nothing of the host and leave nothing behind. Limits are tight so
+the file runs in seconds."""
 
 import json
 import os
@@ -9,16 +10,23 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from semalign.errors import SemalignError
 from semalign.evaluation import sandbox
-from semalign.evaluation.sandbox import UID_RANGE, check_humaneval, check_mbpp, run_many, run_program
+from semalign.evaluation.sandbox import (
+    UID_RANGE,
+    check_humaneval,
+    check_mbpp,
+    humaneval_program,
+    run_many,
+    run_program,
+)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
+PROJECT = Path(__file__).resolve().parents[2]
 TIGHT = {"timeout_s": 3.0, "memory_mb": 256, "max_processes": 16}
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the uid-drop guarantees hold for a root evaluator")
 
@@ -47,6 +55,174 @@ def test_humaneval_canonical_solution_passes_and_a_wrong_one_fails():
     wrong = check_humaneval(prompt, "    return False\n", test, entry_point, timeout_s=3.0)
     assert (good.passed, good.status, good.returncode) == (True, "passed", 0)
     assert (wrong.passed, wrong.status) == (False, "failed") and "AssertionError" in wrong.stderr_tail
+
+
+# Wrong HumanEval completions that end the program early with exit code 0. Each scored "passed" when any
+# exit code 0 counted; each still exits 0 when run plainly as a script (checked below).
+EARLY_EXITS = {
+    "sys_exit_in_function": "    import sys\n    sys.exit(0)\n",
+    "os_exit_in_function": "    import os\n    os._exit(0)\n",
+    "raise_systemexit_in_function": "    raise SystemExit\n",
+    "unittest_main": "    return False\n\n\nimport unittest\nunittest.main()\n",
+    "atexit_os_exit": "    return False\n\n\nimport atexit, os\natexit.register(os._exit, 0)\n",
+    "main_guard_exit": "    return False\n\n\nif __name__ == '__main__':\n    raise SystemExit(0)\n",
+    "settrace_replaces_check": (
+        "    return False\n\n\nimport sys\n\n\ndef skip(frame, event, arg):\n"
+        "    if event == 'line' and 'check' in frame.f_globals:\n"
+        "        frame.f_globals['check'] = lambda candidate: None\n"
+        "    return skip\n\n\nsys.settrace(skip)\nsys._getframe().f_trace = skip\n"
+    ),
+    "fake_markers_on_every_fd": (
+        "    return False\n\n\nimport os\nfor fd in range(1, 10):\n    try:\n"
+        "        os.write(fd, b'0' * 32 + b'\\n')\n    except OSError:\n        pass\nos._exit(0)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("completion", EARLY_EXITS.values(), ids=EARLY_EXITS.keys())
+def test_a_program_that_exits_before_its_tests_complete_fails(tmp_path, completion):
+    problem = _rows("humaneval.jsonl")[0]
+    parts = problem["prompt"], completion, problem["test"], problem["entry_point"]
+    plain = subprocess.run([sys.executable, "-I", "-c", humaneval_program(*parts)], cwd=tmp_path, timeout=30)
+    # 10 s: a loaded machine must not turn a failure into a timeout.
+    result = check_humaneval(*parts, timeout_s=10.0)
+    assert plain.returncode == 0
+    assert (result.passed, result.status) == (False, "failed")
+
+
+TRACE_HOOKS = {
+    "sys_settrace": "sys.settrace(tracer)",
+    "threading_settrace": "threading.settrace(tracer)",
+    "sys_setprofile": "sys.setprofile(tracer)",
+    "ctypes_PyEval_SetTrace": "ctypes.pythonapi.PyEval_SetTrace(c_tracer, None)",
+}
+TRACED = """
+import ctypes, sys, threading
+events = []
+def tracer(frame, event, arg):
+    events.append(event)
+    return tracer
+c_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
+c_tracer = c_type(lambda *args: events.append(args[2]) or 0)
+try:
+    {install}
+except RuntimeError as refused:
+    print("RuntimeError:", refused, file=sys.stderr)
+def traced():
+    return 1
+thread = threading.Thread(target=traced)
+thread.start()
+thread.join()
+traced()
+print(len(events))
+"""
+
+
+@pytest.mark.parametrize("install", TRACE_HOOKS.values(), ids=TRACE_HOOKS.keys())
+def test_trace_and_profile_hooks_are_refused(tmp_path, install):
+    source = TRACED.format(install=install)
+    plain = subprocess.run([sys.executable, "-I", "-c", source], cwd=tmp_path, capture_output=True, text=True)
+    result = run_program(source, **TIGHT)
+    assert plain.returncode == 0 and int(plain.stdout) > 0  # the hook sees events where it is allowed
+    assert result.passed and result.stdout_tail == "0\n"
+    event = "sys.setprofile" if "profile" in install else "sys.settrace"
+    assert (
+        f"RuntimeError: the sandbox forbids {event}: a trace hook could skip the tests" in result.stderr_tail
+    )
+
+
+def test_the_program_runs_as_a_module_not_as_main():
+    result = run_program("import sys\nprint(__name__, sys.modules[__name__].__file__)", **TIGHT)
+    name, path = result.stdout_tail.split()
+    assert result.passed and name == "program" and Path(path).name == "program.py"
+
+
+def test_the_marker_is_out_of_the_programs_reach_and_printing_it_does_not_pass(monkeypatch):
+    marker = secrets.token_hex(16)
+    monkeypatch.setattr(sandbox, "_marker", lambda: marker)
+    # Everything the program can read without knowing the harness: argv, environment, its files.
+    snoop = (
+        "import os, sys\n"
+        "print(sys.argv, dict(os.environ), open('/proc/self/cmdline', 'rb').read())\n"
+        "print(open('/proc/self/environ', 'rb').read())\n"
+        "for top in ('.', '/tmp', '/dev/shm'):\n"
+        "    for folder, _, files in os.walk(top):\n"
+        "        for name in files:\n"
+        "            print(name, open(os.path.join(folder, name), 'rb').read())\n"
+        "sys.stdout.flush()\n"
+        "os._exit(0)\n"
+    )
+    snooped = run_program(snoop, **TIGHT)
+    # Knowing the marker does not help either: what the program prints is not the channel.
+    forged = run_program(f"print({marker!r})\nimport sys\nsys.stderr.write({marker!r})\nsys.exit(0)", **TIGHT)
+    assert (snooped.status, snooped.returncode) == ("failed", 0) and "program.py" in snooped.stdout_tail
+    assert marker not in snooped.stdout_tail + snooped.stderr_tail
+    assert (forged.status, forged.returncode) == ("failed", 0) and forged.stdout_tail == marker + "\n"
+    assert run_program("print(1)", **TIGHT).passed  # with the same marker
+
+
+def test_stdin_is_empty():
+    result = run_program("try:\n    input()\nexcept EOFError:\n    print('eof')", **TIGHT)
+    assert result.passed and result.stdout_tail == "eof\n"
+    unguarded = run_program("input()", **TIGHT)
+    assert unguarded.status == "failed" and "EOFError" in unguarded.stderr_tail
+
+
+@pytest.mark.parametrize(
+    "target", ["/etc/shadow", "/etc/passwd", str(PROJECT / "params.yaml")], ids=["shadow", "passwd", "params"]
+)
+def test_host_files_cannot_be_read(target):
+    result = run_program(f"print(open({target!r}).read())", **TIGHT)
+    assert Path(target).is_file()
+    assert result.status == "failed" and result.stdout_tail == ""
+    assert f"FileNotFoundError: [Errno 2] No such file or directory: {target!r}" in result.stderr_tail
+
+
+def test_the_program_sees_only_system_folders_python_and_its_own():
+    paths = ["/", "/root", "/etc", "/home", str(PROJECT), os.getcwd()]
+    source = (
+        "import json, os\n"
+        f"print(json.dumps({{p: sorted(os.listdir(p)) if os.path.isdir(p) else None for p in {paths!r}}}))"
+    )
+    result = run_program(source, **TIGHT)
+    seen = json.loads(result.stdout_tail)
+    prefixes = [Path(prefix) for prefix in (sys.prefix, sys.base_prefix)]
+    system = {path.lstrip("/") for path in sandbox._SYSTEM_DIRS if os.path.lexists(path)}
+    assert result.passed
+    assert seen["/"] == sorted(system | {"dev", "proc", "tmp"} | {prefix.parts[1] for prefix in prefixes})
+    # /root holds at most the way to the Python installation (pyenv keeps it there), none of the host's files.
+    under_root = sorted({prefix.parts[2] for prefix in prefixes if prefix.parts[1] == "root"})
+    assert seen["/root"] == (under_root or None)
+    assert [seen[path] for path in paths[2:]] == [None] * 4
+
+
+def test_host_processes_are_invisible():
+    source = (
+        "import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\n"
+        f"os.kill({os.getpid()}, 0)"
+    )
+    result = run_program(source, **TIGHT)
+    assert result.status == "failed" and result.stdout_tail == "[1]\n"
+    assert "ProcessLookupError" in result.stderr_tail
+
+
+def test_files_in_tmp_dev_shm_and_ipc_do_not_outlive_the_program():
+    name, key = f"semalign-probe-{secrets.token_hex(4)}", 1 + secrets.randbelow(2**30)
+    source = (
+        "import ctypes\n"
+        f"for folder in ('/tmp', '/dev/shm'):\n    open(f'{{folder}}/{name}', 'w').write('x')\n"
+        f"assert ctypes.CDLL(None).shmget({key}, 4096, 0o1600) >= 0\n"  # IPC_CREAT | 0600
+    )
+    result = run_program(source, **TIGHT)
+    assert result.passed, result.stderr_tail
+    assert not Path("/tmp", name).exists() and not Path("/dev/shm", name).exists()
+    assert all(int(line.split()[0]) != key for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:])
+
+
+def test_tmp_holds_at_most_max_file_bytes():
+    source = "for i in range(3):\n    open(f'/tmp/{i}', 'wb').write(bytes(2**19))\n"
+    result = run_program(source, **TIGHT, max_file_bytes=2**20)
+    assert result.status == "failed" and "No space left on device" in result.stderr_tail
 
 
 def test_mbpp_fixture_passes_and_setup_code_runs_before_the_asserts():
@@ -86,8 +262,9 @@ def test_infinite_loop_is_stopped_at_the_wall_clock_timeout():
 
 
 def test_cpu_limit_kills_a_busy_program_before_the_wall_clock():
-    result = run_program("while True: pass", timeout_s=10.0, memory_mb=256, cpu_s=1)
-    assert (result.status, result.returncode) == ("killed", -9) and result.seconds < 5.0
+    # 'killed', not 'timeout': the CPU limit struck first (a long wall clock, for loaded machines).
+    result = run_program("while True: pass", timeout_s=30.0, memory_mb=256, cpu_s=1)
+    assert (result.status, result.returncode) == ("killed", -9)
 
 
 def test_huge_allocation_fails_with_memory_error():
@@ -129,15 +306,22 @@ def test_program_cannot_signal_its_parent_or_the_evaluator():
     )
 
 
-@root_only
 @pytest.mark.parametrize("target", ["keep.txt", "new.txt"])
 def test_writing_outside_its_directory_fails(tmp_path, target):
     keep = tmp_path / "keep.txt"
     keep.write_text("original")
-    keep.chmod(0o644)
+    keep.chmod(0o666)
     result = run_program(f"open({str(tmp_path / target)!r}, 'w').write('overwritten')", **TIGHT)
-    assert result.status == "failed" and "PermissionError" in result.stderr_tail
+    # Not even a world-writable host file can be named: the host's /tmp is not in the program's view.
+    assert result.status == "failed" and "FileNotFoundError" in result.stderr_tail
     assert keep.read_text() == "original" and sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_the_python_installation_is_read_only():
+    target = Path(sys.prefix, "lib", f"semalign-probe-{secrets.token_hex(4)}")
+    result = run_program(f"open({str(target)!r}, 'w')", **TIGHT)
+    assert result.status == "failed" and "OSError: [Errno 30] Read-only file system" in result.stderr_tail
+    assert not target.exists()
 
 
 def test_filling_the_disk_stops_at_the_file_size_limit():
@@ -167,11 +351,13 @@ def test_network_is_unreachable_even_on_loopback():
 
 
 def test_run_many_keeps_order_and_runs_in_parallel():
-    sources = ["import time; time.sleep(2)", "import time; time.sleep(2); raise SystemExit(3)", "print(7)"]
-    start = time.monotonic()
-    results = run_many(sources, max_workers=2, **TIGHT)
+    # Each sleeper prints when it ran; overlapping spans prove parallelism however loaded the machine is.
+    sleep = "import time\nprint(time.time())\ntime.sleep(1)\nprint(time.time())\n"
+    sources = [sleep, sleep + "raise SystemExit(3)", "print(7)"]
+    results = run_many(sources, max_workers=2, **{**TIGHT, "timeout_s": 10.0})
     assert [(r.status, r.returncode) for r in results] == [("passed", 0), ("failed", 3), ("passed", 0)]
-    assert results[2].stdout_tail == "7\n" and time.monotonic() - start < 3.5  # one at a time: > 4 s
+    (start_0, end_0), (start_1, end_1) = ([float(t) for t in r.stdout_tail.split()] for r in results[:2])
+    assert results[2].stdout_tail == "7\n" and start_0 < end_1 and start_1 < end_0
 
 
 def test_run_many_keeps_finished_results_when_one_cannot_start(monkeypatch):
@@ -207,9 +393,50 @@ def test_root_without_cap_sys_admin_refuses_instead_of_running_unconfined(tmp_pa
     )
     assert (
         done.returncode == 1
-        and "SemalignError: sandbox cannot create network and pid namespaces" in done.stderr
+        and "SemalignError: sandbox cannot create network, pid and IPC namespaces" in done.stderr
     )
     assert not marker.exists()
+
+
+# Installs a seccomp filter that fails every mount(2) with EPERM (x86_64 numbers), then runs a program.
+NO_MOUNT_SCRIPT = """
+import ctypes, sys
+sys.path.insert(0, sys.argv[1])
+from semalign.evaluation.sandbox import run_program
+
+class Rule(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+class Filter(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("rules", ctypes.POINTER(Rule))]
+
+# load the syscall number; if mount (165): fail with EPERM, else allow
+rules = (Rule * 4)(
+    Rule(0x20, 0, 0, 0), Rule(0x15, 0, 1, 165), Rule(0x06, 0, 0, 0x50001), Rule(0x06, 0, 0, 0x7FFF0000)
+)
+args = [ctypes.c_ulong(22), ctypes.c_ulong(2), ctypes.byref(Filter(4, rules)), ctypes.c_ulong(0),
+        ctypes.c_ulong(0)]
+assert ctypes.CDLL(None).prctl(*args) == 0  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+run_program(sys.argv[2])
+"""
+
+
+@root_only
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the seccomp filter uses x86_64 syscall numbers")
+def test_a_machine_that_forbids_mounts_gets_an_error_not_an_unconfined_run(tmp_path):
+    ran = tmp_path / "ran"
+    done = subprocess.run(
+        [sys.executable, "-c", NO_MOUNT_SCRIPT, sandbox._LIB, f"open({str(ran)!r}, 'w')"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1 and not ran.exists()
+    assert (
+        "SemalignError: sandbox cannot give the program a private filesystem view "
+        "([Errno 1] set flags of /: Operation not permitted); it needs mount namespaces" in done.stderr
+    )
 
 
 def _system_python():
@@ -238,6 +465,12 @@ runs = {
     ),
     "locked_folder": run_program("import os\\nos.mkdir('d')\\nopen('d/f', 'w')\\nos.chmod('d', 0)", **limits),
     "loop": run_program("while True: pass", **limits),
+    "view": run_program(
+        "import os\\nprint(os.path.exists('/etc'), [p for p in os.listdir('/proc') if p.isdigit()], "
+        "os.getcwd())",
+        **limits,
+    ),
+    "early_exit": run_program("import os\\nos._exit(0)\\nassert False", **limits),
 }
 print(json.dumps({"own": [os.readlink('/proc/self/ns/net'), os.readlink('/proc/self/ns/pid')],
                   "runs": {k: [r.status, r.stdout_tail, r.stderr_tail] for k, r in runs.items()},
@@ -274,5 +507,12 @@ def test_unprivileged_evaluator_still_gets_namespaces_limits_and_cleanup():
     assert runs["namespaces"][0] == "passed" and pid == "1"
     assert net != report["own"][0] and pid_ns != report["own"][1]
     assert runs["fork_bomb"][0] == "failed" and "BlockingIOError" in runs["fork_bomb"][2]
-    assert [runs[k][0] for k in ("escape", "locked_folder", "loop")] == ["passed", "passed", "timeout"]
+    assert [runs[k][0] for k in ("escape", "locked_folder", "loop", "early_exit")] == [
+        "passed",
+        "passed",
+        "timeout",
+        "failed",
+    ]
+    etc, pids, cwd = runs["view"][1].split()
+    assert runs["view"][0] == "passed" and etc == "False" and pids == "['1']" and cwd.startswith(str(home))
     assert report["left"] == [] and _pids_of(uid) == []

@@ -76,7 +76,7 @@ class EvalConfig:
 
     batch_size: int = 8
     max_new_tokens: int | dict[str, int] = 512
-    timeout_s: float = 10.0
+    timeout_s: float = 3.0
     n_samples: int = 1
     temperature: float = 0.0
     limit: dict[str, int | None] | None = None
