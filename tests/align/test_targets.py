@@ -6,7 +6,7 @@ from cache_fixtures import NUM_LAYERS, build_cache, make_inputs
 from semalign.align.alignment import decompose_recompose
 from semalign.align.latent_maps import semantic_map
 from semalign.align.pairing import build_pairing
-from semalign.align.targets import target_arrays, target_name, teacher_quantity, write_targets
+from semalign.align.targets import TargetSpec, target_arrays, target_name, teacher_quantity, write_targets
 from semalign.store import StoreWriter, open_store
 from semalign.teacher.cache import CacheConfig, state_name
 
@@ -22,11 +22,9 @@ def test_targets_equal_the_mapped_interpolated_contribution(tmp_path):
     pairs = [p for p in pairing.layers if p.trained]
     folded = torch.randn(D_STUDENT, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     n, t = encoded.input_ids.shape
-    with StoreWriter(tmp_path / "targets.zarr", target_arrays(pairs, n, t, D_STUDENT, 2), "fp") as writer:
-        assert (
-            write_targets(cache, pairs, {p.student_layer: semantic_map(folded) for p in pairs}, True, writer)
-            == 3
-        )
+    specs = [TargetSpec("v1", p, semantic_map(folded), True) for p in pairs]
+    with StoreWriter(tmp_path / "targets.zarr", target_arrays(specs, n, t, D_STUDENT, 2), "fp") as writer:
+        assert write_targets(cache, specs, writer) == 3
         writer.finalize({})
     targets = open_store(tmp_path / "targets.zarr")
 
@@ -36,7 +34,7 @@ def test_targets_equal_the_mapped_interpolated_contribution(tmp_path):
     lam = first.interp.lam
     expected = (1 - lam) * (h[1] - h[0]) + lam * (h[2] - h[1])
     mapped = decompose_recompose(expected.reshape(-1, 32), folded).reshape(n, t, D_STUDENT)
-    got = targets.read(target_name(1)).double()
+    got = targets.read(target_name(1, "v1")).double()
     torch.testing.assert_close(got, mapped, atol=1e-5, rtol=1e-4)
     padding = ~encoded.attention_mask.bool()
     assert not got[padding].any(), "padding positions must have zero targets"

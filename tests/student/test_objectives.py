@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from semalign.align.alignment import decompose_recompose
 from semalign.student.objectives import (
     cross_entropy_loss,
     layer_cosine_loss,
@@ -50,9 +51,9 @@ def test_relation_geometry_invariances_and_sensitivity():
     mask[1, 4:] = 0
     assert relation_geometry_loss(h, h, mask).item() == pytest.approx(0.0, abs=1e-10)
     rotated = h @ random_orthogonal(8, 1)
-    shifted = h + torch.randn(2, 1, 8, generator=g) * 10  # per-sequence translation
     scaled = h * 3.5
-    for other in (rotated, shifted, scaled):
+    per_token = h * torch.rand(2, 6, 1, generator=g) * 10  # each token its own scale
+    for other in (rotated, scaled, per_token):
         assert relation_geometry_loss(h, other, mask).item() == pytest.approx(0.0, abs=1e-5)
     # a target of another width with the same geometry: embed h in 12 dims
     wider = torch.cat([h, torch.zeros(2, 6, 4)], dim=-1) @ random_orthogonal(12, 2)
@@ -65,14 +66,29 @@ def test_relation_geometry_invariances_and_sensitivity():
 
 
 def test_relation_geometry_by_hand():
-    # one sequence of two tokens: after centering they point in opposite directions (R = [[1,-1],[-1,1]]);
-    # a target of three tokens on a line at 0, 1, 3 has R with signs from centering at 4/3
-    h = torch.tensor([[[1.0, 0.0], [3.0, 0.0]]])
-    target = torch.tensor([[[0.0, 1.0], [0.0, 5.0]]])
+    # two tokens along the axes: unit rows (1,0), (0,1), centered at (½,½) to ±(½,−½), so R = [[1,−1],[−1,1]]
+    h = torch.tensor([[[1.0, 0.0], [0.0, 3.0]]])
+    target = torch.tensor([[[2.0, 0.0], [0.0, 0.5]]])
     assert relation_geometry_loss(h, target, torch.ones(1, 2)).item() == pytest.approx(0.0, abs=1e-7)
-    anti = torch.tensor([[[0.0, 5.0], [0.0, 5.0]]])  # centered to zero: R = 0
+    same_direction = torch.tensor([[[0.0, 5.0], [0.0, 1.0]]])  # equal unit rows centre to zero: R = 0
     # every entry differs by 1 in magnitude: mean of (±1 − 0)² over 4 pairs = 1
-    assert relation_geometry_loss(h, anti, torch.ones(1, 2)).item() == pytest.approx(1.0)
+    assert relation_geometry_loss(h, same_direction, torch.ones(1, 2)).item() == pytest.approx(1.0)
+
+
+def test_the_teachers_own_contribution_is_an_exact_minimiser_of_its_v2_target():
+    # teacher = student and M = I: the target is Δh / ‖Δh‖ (align's semantic map), the prediction Δh itself
+    g = torch.Generator().manual_seed(3)
+    delta = torch.randn(2, 7, 16, generator=g) * torch.rand(2, 7, 1, generator=g) * 20
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, 5:] = 0
+    target = decompose_recompose(delta, torch.eye(16, dtype=torch.float64)).float()
+    h = delta.clone().requires_grad_(True)
+    loss = relation_geometry_loss(h, target, mask)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-12)
+    assert h.grad.abs().max().item() < 1e-6
+    # the one-sided normalisation this replaces left the student's own contribution 0.36 away in the issue
+    assert relation_geometry_loss(delta + torch.randn(2, 7, 16, generator=g), target, mask).item() > 1e-3
 
 
 def test_topk_kl_equals_exact_kl_when_k_is_the_vocabulary_and_is_zero_for_equal_models():
