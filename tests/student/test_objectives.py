@@ -1,5 +1,6 @@
 """Objectives against hand-computed values, and the invariances the method relies on."""
 
+import itertools
 import math
 
 import pytest
@@ -13,6 +14,7 @@ from semalign.student.objectives import (
     relation_geometry_loss,
     topk_kl_loss,
 )
+from semalign.teacher.bases import align_vocabularies
 
 
 def test_layer_cosine_by_hand_and_scale_invariance():
@@ -123,3 +125,39 @@ def test_topk_kl_respects_the_mask():
     assert topk_kl_loss(logits, top, ids, rest, mask).item() == pytest.approx(
         topk_kl_loss(changed, top, ids, rest, mask).item()
     )
+
+
+def test_topk_kl_reads_the_cached_teacher_ids_as_student_ids():
+    g = torch.Generator().manual_seed(2)
+    tokens = [f"t{i}" for i in range(9)]
+    teacher = torch.log_softmax(torch.randn(2, 3, 9, generator=g, dtype=torch.float64), -1)
+    logits = torch.randn(2, 3, 9, generator=g, dtype=torch.float64)
+    top, ids = teacher.topk(4, dim=-1)
+    rest = torch.log1p(-top.exp().sum(-1))
+    mask = torch.ones(2, 3)
+    matched = topk_kl_loss(logits, top, ids, rest, mask).item()
+
+    perm = torch.randperm(9, generator=g)  # the student's row j is the teacher's token perm[j]
+    vocab = align_vocabularies(tokens, [tokens[i] for i in perm])
+    permuted = logits[..., perm]
+    assert topk_kl_loss(permuted, top, vocab.student_ids(ids), rest, mask).item() == pytest.approx(
+        matched,
+        rel=1e-6,  # the loss runs in float32
+    )
+    assert topk_kl_loss(permuted, top, ids, rest, mask).item() != pytest.approx(matched, rel=1e-3)
+
+    # a student without the teacher's top token at position (0, 0): its mass joins the rest bucket
+    x = int(ids[0, 0, 0])
+    lacking = align_vocabularies(tokens, tokens[:x] + tokens[x + 1 :], min_overlap=0.5)
+    fewer = torch.cat([logits[..., :x], logits[..., x + 1 :]], dim=-1)
+    student_ids = lacking.student_ids(ids)
+    assert (student_ids == -1).sum() == (ids == x).sum() >= 1
+    expected = []
+    for b, t in itertools.product(range(2), range(3)):
+        p, q = teacher[b, t].exp(), torch.softmax(fewer[b, t], -1)
+        present = [int(i) for i in ids[b, t] if i != x]
+        p_top, q_top = p[present], q[[i - (i > x) for i in present]]
+        p_rest, q_rest = 1 - p_top.sum(), 1 - q_top.sum()
+        expected.append((p_top * (p_top / q_top).log()).sum() + p_rest * (p_rest / q_rest).log())
+    got = topk_kl_loss(fewer, top, student_ids, rest, mask).item()
+    assert got == pytest.approx(torch.stack(expected).mean().item(), rel=1e-6)
