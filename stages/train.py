@@ -39,6 +39,7 @@ from semalign.student.training import (
     steps_per_epoch,
     token_tensors,
     train,
+    training_phases,
 )
 from semalign.teacher.bases import VocabAlignment
 
@@ -72,18 +73,18 @@ def held_out_inputs(task: str, specs: list[tuple[int, str]], vocab: VocabAlignme
     )
 
 
-def phases(records: list[dict], pairing: Pairing) -> list[dict]:
-    """Per training phase: its frontier student layer, that layer's teacher partner and its steps."""
+def phases(records: list[dict], objective: str, pairing: Pairing) -> list[dict]:
+    """Per training phase: its trainable student layers (v2: the frontier), their teacher partners under
+    the objective's pairing, and the optimizer steps it took."""
     steps = Counter(r["phase"] for r in records)
-    layer = {r["phase"]: r["layer"] for r in records}
     return [
         {
             "phase": phase,
-            "student_layer": layer[phase],
-            "teacher_layer": pairing.layers[layer[phase] - 1].teacher_layer,
+            "student_layers": layers,
+            "teacher_layers": [pairing.layers[k - 1].teacher_layer for k in layers],
             "steps": steps[phase],
         }
-        for phase in sorted(steps)
+        for phase, layers in enumerate(training_phases(objective, pairing.trained_student_layers), start=1)
     ]
 
 
@@ -142,7 +143,7 @@ def main() -> None:
             "map": open_store(Path("data/targets") / args.task / "training.zarr").manifest["map"],
             "pairing": mode,
             "trained_layers": layers,
-            "phases": phases(result.records, pairing),
+            "phases": phases(result.records, config.objective, pairing),
             "steps": len(result.records),
             "processes": ranks.world,
             "final_loss": result.records[-1]["loss"] if result.records else None,

@@ -335,7 +335,8 @@ def train(
     micro batches and the gradients are averaged (FSDP: reduce-scattered) once per step, on the last micro
     batch, so the update is the one a single process makes on the whole `batch_size` (up to float summation
     order). v2 runs one phase per layer (shallow to deep) with only the frontier's adapters trainable: the
-    optimizer gets only those, and a sharded model gathers the others without gradients.
+    optimizer gets only those, and a sharded model gathers the others without gradients. The phases split
+    the epochs × steps_per_epoch steps evenly (shallower phases take the remainder), one step at least each.
     A non-finite loss, or one above explode_factor × the first step's, stops with the step and term named.
     """
     ranks = ranks or Ranks({})
@@ -351,7 +352,7 @@ def train(
             f"{config.micro_batch_size}, which {ranks.world} processes cannot share evenly; make "
             f"batch_size / micro_batch_size a multiple of {ranks.world} (or start fewer processes)"
         )
-    phases = [[k] for k in sorted(layers)] if config.objective == "v2" else [sorted(layers)]
+    phases = training_phases(config.objective, layers)
     total = config.epochs * steps_per_epoch
     if total < len(phases):
         raise SemalignError(
@@ -407,6 +408,12 @@ def train(
         bar.close()
     model.eval()
     return result
+
+
+def training_phases(objective: str, layers: list[int]) -> list[list[int]]:
+    """The student layers trainable in each phase: v2 one frontier layer per phase, shallow to deep; v1 and
+    sft all `layers` in one phase."""
+    return [[k] for k in sorted(layers)] if objective == "v2" else [sorted(layers)]
 
 
 def _data_parallel(model: PeftModel, config: TrainConfig, ranks: Ranks) -> torch.nn.Module:
