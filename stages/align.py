@@ -1,14 +1,13 @@
 """Stage `align@<task>`: supervisory targets in student space from the teacher cache, and the measurements
-that
-say whether the alignment means anything.
+that say whether the alignment means anything.
 
-Targets: for each trained student layer, the teacher quantity mapped by `align.map` (the paper's semantic map
-or a map fitted on the alignment split's first examples). Measurements: Fig. 2 for both models with the
-random-basis control and its sweep; every latent map on the held-out alignment examples, per student layer.
-Student-side: reads the cache, the maps of `fold` and the pairing; loads the student, never the teacher.
-Under `torchrun --nproc-per-node N` every rank fits the same maps (deterministic, on the small alignment
-split)
-and writes its share of the target chunks; rank 0 writes the manifests, measurements and plots.
+Targets: for each trained student layer of each pairing (v1, v2), the teacher quantity mapped by `align.map`
+(the paper's semantic map or a map fitted on the alignment split's first examples). Measurements: Fig. 2
+for both models with the random-basis control and its sweep (over the tokens teacher and student share);
+every latent map on the held-out alignment examples, per student layer. Student-side: reads the cache, the
+maps of `fold` and the pairing; loads the student, never the teacher. Under `torchrun --nproc-per-node N`
+every rank fits the same maps (deterministic, on the small alignment split) and writes its share of the
+target chunks; rank 0 writes the manifests, measurements and plots.
 """
 
 import argparse
@@ -22,8 +21,8 @@ from safetensors.torch import load_file
 
 from semalign.align.alignment import AlignConfig, random_control_cosine
 from semalign.align.fidelity import compare_maps, curve_rows, fit_examples, layer_fidelity
-from semalign.align.pairing import Pairing
-from semalign.align.targets import target_arrays, teacher_quantity, write_targets
+from semalign.align.pairing import read_pairings
+from semalign.align.targets import TargetSpec, target_arrays, teacher_quantity, write_targets
 from semalign.config import read_section
 from semalign.data import load_split
 from semalign.distributed import Ranks, finish_store, shared_writer
@@ -33,6 +32,7 @@ from semalign.plots import plot_curves
 from semalign.progress import progress
 from semalign.store import StoresConfig, open_store
 from semalign.teacher.activations import residual_states
+from semalign.teacher.bases import VocabAlignment
 from semalign.teacher.cache import state_name
 
 
@@ -45,7 +45,8 @@ def fig2(
     vocab: int,
 ) -> dict:
     """Fig. 2 curves for one model (written as plot data and PNG) and the random control's sweep over vector
-    counts (`counts` and the vocabulary's `vocab`): mean over layers per count."""
+    counts (`counts` and `vocab`, the shared tokens that `fold`'s control matches): mean over layers per
+    count."""
     self_maps = {
         name.removeprefix(f"self_{role}_"): m for name, m in maps.items() if name.startswith(f"self_{role}_")
     }
@@ -77,9 +78,12 @@ def align(task: str, config: AlignConfig, stores: StoresConfig, ranks: Ranks) ->
     """Targets of `task` (this rank's share of the chunks, stored where `stores` says) and, on rank 0, the
     measurements."""
     pairs_json = json.loads((Path("data/pairs") / f"{task}.json").read_text())
-    pairing = Pairing.from_json(pairs_json)
+    pairings = read_pairings(pairs_json)
+    pairing = pairings["v1"]  # every student layer of the depth map is measured
     maps = load_file("data/maps/maps.safetensors")
-    interpolate = config.interpolate and pairing.mode == "v1"  # v2 selects exactly one teacher layer
+    vocabulary = VocabAlignment.load("data/maps/vocab.safetensors")
+    # v2 selects exactly one teacher layer per student layer: nothing to interpolate
+    interpolate = {"v1": config.interpolate, "v2": False}
 
     # Every student layer's own Δh_k and its teacher quantity on the alignment split; maps are fitted on the
     # first `fitted` examples and measured on the rest.
@@ -90,27 +94,35 @@ def align(task: str, config: AlignConfig, stores: StoresConfig, ranks: Ranks) ->
     student, _ = load_hf_dir(Path("data/models/student"), device=ranks.device)
     student_states = residual_states(
         student,
-        encoded.input_ids,
+        vocabulary.student_inputs(encoded.input_ids, encoded.attention_mask),
         encoded.attention_mask,
         range(model_info(student).num_layers + 1),
         desc=f"align {task}: student",
     )
-    chosen, held_out = {}, {}
-    for pair in progress(pairing.layers, desc=f"align {task}: fit and measure maps", unit="layer"):
+    chosen, measured = {}, {}
+    jobs = [("v1", p) for p in pairing.layers] + [("v2", p) for p in pairings["v2"].layers if p.trained]
+    for mode, pair in progress(jobs, desc=f"align {task}: fit and measure maps", unit="layer"):
         own = torch.zeros(*real.shape, student_states[0].shape[-1])
         own[real] = student_states[pair.student_layer] - student_states[pair.student_layer - 1]
-        teacher = teacher_quantity(cache, pair, interpolate, 0, len(real))
-        layer_maps, held_out[pair.student_layer] = compare_maps(
+        teacher = teacher_quantity(cache, pair, interpolate[mode], 0, len(real))
+        layer_maps, measured[mode, pair.student_layer] = compare_maps(
             teacher, own, real, fitted, maps["semantic"], config.ridge, config.control_seed
         )
-        chosen[pair.student_layer] = layer_maps[config.map]
+        chosen[mode, pair.student_layer] = layer_maps[config.map]
+    held_out = {p.student_layer: measured["v1", p.student_layer] for p in pairing.layers}
 
+    specs = [
+        TargetSpec(mode, p, chosen[mode, p.student_layer], interpolate[mode])
+        for mode, paired in pairings.items()
+        for p in paired.layers
+        if p.trained
+    ]
     trained = [p for p in pairing.layers if p.trained]
     for split in ("alignment", "training"):
         split_cache = open_store(Path("data/cache") / task / f"{split}.zarr")
         num_examples, num_tokens, _ = split_cache.arrays[state_name(0)].shape
         arrays = target_arrays(
-            trained,
+            specs,
             num_examples,
             num_tokens,
             student_states[0].shape[-1],
@@ -127,9 +139,7 @@ def align(task: str, config: AlignConfig, stores: StoresConfig, ranks: Ranks) ->
         with shared_writer(ranks, local, arrays, fingerprint, url=stores.url, rebuild=rebuild) as writer:
             write_targets(
                 split_cache,
-                trained,
-                chosen,
-                interpolate,
+                specs,
                 writer,
                 desc=ranks.tag(f"align {task}/{split}"),
                 shard=ranks.shard,
@@ -139,12 +149,11 @@ def align(task: str, config: AlignConfig, stores: StoresConfig, ranks: Ranks) ->
                 writer,
                 {
                     "cache_fingerprint": split_cache.manifest["fingerprint"],
-                    "pairing_mode": pairing.mode,
-                    "interpolate": interpolate,
+                    "interpolate": interpolate["v1"],
                     "map": config.map,
                     "bases": config.bases,
                     "fit_examples": fitted,
-                    "student_layers": [p.student_layer for p in trained],
+                    "targets": [spec.name for spec in specs],
                 },
                 local,
             )
@@ -154,9 +163,8 @@ def align(task: str, config: AlignConfig, stores: StoresConfig, ranks: Ranks) ->
     teacher_states = {
         ell: cache.read(state_name(ell)).float()[real] for ell in range(pairing.num_teacher_layers + 1)
     }
-    vocab = student.get_output_embeddings().weight.shape[0]
     fidelity = {
-        role: fig2(task, role, states, maps, config.control_counts, vocab)
+        role: fig2(task, role, states, maps, config.control_counts, vocabulary.kept)
         for role, states in (("teacher", teacher_states), ("student", student_states))
     }
     widths = {"teacher": teacher_states[0].shape[-1], "student": student_states[0].shape[-1]}
@@ -201,7 +209,7 @@ def align(task: str, config: AlignConfig, stores: StoresConfig, ranks: Ranks) ->
         {
             "map": config.map,
             "bases": config.bases,
-            "interpolate": interpolate,
+            "interpolate": interpolate["v1"],
             "fidelity_mean_over_layers": {
                 role: {name: round(sum(v) / len(v), 4) for name, v in f["curves"].items()}
                 for role, f in fidelity.items()
@@ -219,13 +227,20 @@ def align(task: str, config: AlignConfig, stores: StoresConfig, ranks: Ranks) ->
                     }
                     for p in trained
                 },
+                "v2_trained_layers": {
+                    str(k): {
+                        name: {m: round(v, 4) for m, v in measured[mode, k][name].items()} for name in names
+                    }
+                    for mode, k in measured
+                    if mode == "v2"
+                },
                 "mean_all_layers": {
                     name: {m: mean(name, m) for m in ("cosine", "relation")} for name in names
                 },
             },
         },
     )
-    print(f"align {task}: {config.map} targets for student layers {[p.student_layer for p in trained]}")
+    print(f"align {task}: {config.map} targets {[spec.name for spec in specs]}")
 
 
 if __name__ == "__main__":

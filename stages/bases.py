@@ -2,18 +2,16 @@
 
 Output-side bases are the unit-norm rows of pinv(LM head)ᵀ (`head`; `head_normed` folds the final norm
 gain in first), input-side ones come from the input embedding (`input`), each `[vocab, d_model]`.
-The student's run also checks that its vocabulary lines up with the teacher's before anything is paired.
+Teacher and student rows are matched by token string later, in `fold`.
 """
 
 import argparse
 from pathlib import Path
 
-from transformers import AutoConfig
-
 from semalign.config import read_section
 from semalign.files import sha256_of, write_json
-from semalign.models import load_hf_dir, load_tokenizer, model_info
-from semalign.teacher.bases import BasesConfig, align_vocabularies, vocabulary_tokens, write_bases
+from semalign.models import load_hf_dir, model_info
+from semalign.teacher.bases import BasesConfig, write_bases
 
 
 def main() -> None:
@@ -23,7 +21,7 @@ def main() -> None:
     config = read_section(BasesConfig, "bases")
 
     model_dir = Path("data/models") / args.role
-    model, tokenizer = load_hf_dir(model_dir)
+    model, _ = load_hf_dir(model_dir)
     info = model_info(model)
     metrics = {
         "role": args.role,
@@ -31,14 +29,6 @@ def main() -> None:
         "d_model": info.d_model,
         "variants": config.variants,
     }
-    if args.role == "student":
-        teacher_dir = Path("data/models/teacher")
-        teacher_rows = AutoConfig.from_pretrained(teacher_dir, local_files_only=True).vocab_size
-        vocab = align_vocabularies(
-            vocabulary_tokens(load_tokenizer(teacher_dir), teacher_rows),
-            vocabulary_tokens(tokenizer, info.vocab_size),
-        )
-        metrics["vocabulary"] = {"identical": vocab.identical, "kept": vocab.kept}
     model_id = f"{info.arch}:{sha256_of(model_dir / 'model.safetensors')}"
     seconds = write_bases(
         model, Path("data/bases") / f"{args.role}.zarr", model_id, tuple(config.variants), config.chunk_rows

@@ -1,5 +1,7 @@
 """Stage `train@<task>`: LoRA-train the student from the cache (targets + teacher top-k), objective
-`train.objective` (v1 | v2 | sft). The teacher's weights are not a dependency and are never loaded.
+`train.objective` (v1 | v2 | sft) on its pairing (v1, sft: the depth map; v2: the v2 selection, one frontier
+phase per trained layer, listed under `phases` in the metrics). The teacher's weights are not a dependency
+and are never loaded; teacher token ids are read as student ids through fold's vocabulary map.
 
 Writes the adapter to data/adapters/<task>/<objective>/, per-step losses as a DVC plot, and the layer
 alignment of the trained layers before and after training on the alignment examples that no latent map was
@@ -12,11 +14,12 @@ gathers are collectives); rank 0 writes the outputs.
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 
-from semalign.align.pairing import Pairing
+from semalign.align.pairing import PAIRING_OF, Pairing, read_pairings
 from semalign.align.targets import target_name
 from semalign.config import read_section
 from semalign.data import load_split
@@ -26,6 +29,7 @@ from semalign.plots import plot_curves
 from semalign.store import open_store
 from semalign.student.training import (
     TERMS,
+    StudentIds,
     TrainConfig,
     layer_alignment,
     load_student,
@@ -35,35 +39,53 @@ from semalign.student.training import (
     steps_per_epoch,
     token_tensors,
     train,
+    training_phases,
 )
+from semalign.teacher.bases import VocabAlignment
 
 TOPK = ("topk_logprobs", "topk_ids", "rest_logmass")
 
 
-def training_rows(task: str, layers: list[int], with_topk: bool):
-    """The training split as row sources `[N, T, ...]`: token tensors in memory; the cached top-k and the
-    targets read from their stores on demand, so each process reads only its own micro batches."""
+def training_rows(task: str, specs: list[tuple[int, str]], vocab: VocabAlignment, with_topk: bool):
+    """The training split as row sources `[N, T, ...]`: token tensors in memory (student ids); the cached
+    top-k (teacher ids read as student ids) and the targets `specs` (student layer, pairing) read from their
+    stores on demand, so each process reads only its own micro batches."""
     encoded, _ = load_split(Path("data/tasks") / task, "training")
-    tensors = token_tensors(encoded)
+    tensors = token_tensors(encoded, vocab)
     if with_topk:
         cache = open_store(Path("data/cache") / task / "training.zarr")
         tensors |= {name: cache.rows(name) for name in TOPK}
+        tensors["topk_ids"] = StudentIds(tensors["topk_ids"], vocab)
     targets = open_store(Path("data/targets") / task / "training.zarr")
-    return tensors, {k: targets.rows(target_name(k)) for k in layers}
+    return tensors, {k: targets.rows(target_name(k, mode)) for k, mode in specs}
 
 
-def held_out_inputs(task: str, layers: list[int]):
+def held_out_inputs(task: str, specs: list[tuple[int, str]], vocab: VocabAlignment):
     """In-memory tensors `[N, T]` and targets `[N, T, d]` of the alignment examples no latent map was fitted
-    on
-    (the targets manifest's `fit_examples` on: the held-out examples `align` measures every map on)."""
+    on (the targets manifest's `fit_examples` on: the held-out examples `align` measures every map on)."""
     encoded, _ = load_split(Path("data/tasks") / task, "alignment")
     targets = open_store(Path("data/targets") / task / "alignment.zarr")
     first = targets.manifest["fit_examples"]
-    tensors = token_tensors(encoded)
+    tensors = token_tensors(encoded, vocab)
     return (
         {name: t[first:] for name, t in tensors.items()},
-        {k: targets.read(target_name(k))[first:] for k in layers},
+        {k: targets.read(target_name(k, mode))[first:] for k, mode in specs},
     )
+
+
+def phases(records: list[dict], objective: str, pairing: Pairing) -> list[dict]:
+    """Per training phase: its trainable student layers (v2: the frontier), their teacher partners under
+    the objective's pairing, and the optimizer steps it took."""
+    steps = Counter(r["phase"] for r in records)
+    return [
+        {
+            "phase": phase,
+            "student_layers": layers,
+            "teacher_layers": [pairing.layers[k - 1].teacher_layer for k in layers],
+            "steps": steps[phase],
+        }
+        for phase, layers in enumerate(training_phases(objective, pairing.trained_student_layers), start=1)
+    ]
 
 
 def main() -> None:
@@ -72,14 +94,16 @@ def main() -> None:
     parser.add_argument("--objective", required=True, help="one of train.objectives: v1 | v2 | sft")
     args = parser.parse_args()
     config = read_section(TrainConfig, "train", drop=("objectives",), objective=args.objective)
-    layers = Pairing.from_json(
-        json.loads((Path("data/pairs") / f"{args.task}.json").read_text())
-    ).trained_student_layers
+    mode = PAIRING_OF[config.objective]
+    pairing = read_pairings(json.loads((Path("data/pairs") / f"{args.task}.json").read_text()))[mode]
+    layers = pairing.trained_student_layers
+    specs = [(k, mode) for k in layers]
+    vocab = VocabAlignment.load("data/maps/vocab.safetensors")
 
     with Ranks() as ranks:
-        tensors, targets = training_rows(args.task, layers, with_topk=config.objective == "v2")
+        tensors, targets = training_rows(args.task, specs, vocab, with_topk=config.objective == "v2")
         model = load_student(Path("data/models/student"), layers, config, ranks)
-        held_tensors, held_targets = held_out_inputs(args.task, layers)
+        held_tensors, held_targets = held_out_inputs(args.task, specs, vocab)
         held_out = list(
             micro_batches(
                 held_tensors, held_targets, config.micro_batch_size, torch.Generator().manual_seed(0)
@@ -117,7 +141,9 @@ def main() -> None:
         {
             "objective": config.objective,
             "map": open_store(Path("data/targets") / args.task / "training.zarr").manifest["map"],
+            "pairing": mode,
             "trained_layers": layers,
+            "phases": phases(result.records, config.objective, pairing),
             "steps": len(result.records),
             "processes": ranks.world,
             "final_loss": result.records[-1]["loss"] if result.records else None,

@@ -67,12 +67,14 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(repr
     assert held_out["fit_examples"] + held_out["held_out_examples"] == 4
     assert json.loads((project / "metrics/train/mmlu/v1.json").read_text())["held_out_examples"] == 2
 
-    # sft reads no targets: with the trained layer unchanged ([2] under either pairing) it retrains to the
-    # very
-    # same adapter bytes, so DVC reuses its evaluation
+    fold = json.loads((project / "metrics/fold.json").read_text())["vocabulary"]
+    assert fold["identical"] and fold["share"] == 1.0 and fold["shared"] == fold["teacher_rows"]
+
+    # sft reads no targets: with the trained layers unchanged it retrains to the very same adapter bytes, so
+    # DVC reuses its evaluation. The v2 window changes only the v2 pairing: v1 retrains to the same bytes too.
     retrained = STUDENT_SIDE - {"evaluate_transfer@mmlu-sft"}
     changes = {
-        "pair": ({"mode": "v2"}, retrained),
+        "pair": ({"window": 1}, {"pair@mmlu", "align@mmlu", "train@mmlu-v1", "train@mmlu-sft", "report"}),
         "align": ({"map": "ridge"}, retrained - {"pair@mmlu"}),
         # adding an objective trains and evaluates only the new one
         "train": (
@@ -91,6 +93,18 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(repr
         ):
             assert f"Stage '{stage}' didn't change, skipping" in output
     assert (project / "data/adapters/mmlu/v2/adapter_model.safetensors").is_file()
+    # v2 trains on its own selection, shallow to deep, one frontier layer per phase; v1 keeps the depth map
+    pairs = json.loads((project / "data/pairs/mmlu.json").read_text())
+    v2 = json.loads((project / "metrics/train/mmlu/v2.json").read_text())
+    assert v2["pairing"] == "v2" and len(v2["phases"]) >= 2
+    frontier = [p["student_layers"] for p in v2["phases"]]
+    assert frontier == [[k] for k in v2["trained_layers"]] and v2["trained_layers"] == sorted(
+        v2["trained_layers"]
+    )
+    selection = [p["teacher_layer"] for p in pairs["v2"]["layers"]]
+    assert [p["teacher_layers"] for p in v2["phases"]] == [[selection[k - 1]] for k in v2["trained_layers"]]
+    assert sum(p["steps"] for p in v2["phases"]) == v2["steps"] and all(p["steps"] >= 1 for p in v2["phases"])
+    assert [p["teacher_layer"] for p in pairs["v1"]["layers"]] == [1, 2, 4]  # the depth map
 
 
 def test_training_runs_with_the_teacher_weights_gone(project):

@@ -1,4 +1,5 @@
-"""The folded alignment map equals eq. 1–2 computed literally; helpers behave at the edges."""
+"""The folded alignment map equals eq. 1–2 computed literally, over the tokens two vocabularies share; helpers
+behave at the edges."""
 
 import pytest
 import torch
@@ -11,8 +12,11 @@ from semalign.align.alignment import (
     random_self_map,
     reconstruction_cosine,
     row_cosine,
+    shared_row_reader,
 )
 from semalign.errors import SemalignError
+from semalign.store import ArraySpec, StoreWriter, open_store
+from semalign.teacher.bases import align_vocabularies
 
 
 def unit_rows(x):
@@ -96,3 +100,67 @@ def test_isotropy_is_one_for_identity_and_zero_for_a_missing_direction():
 
     assert isotropy(torch.eye(4, dtype=torch.float64) * 3) == pytest.approx(1.0)
     assert isotropy(torch.diag(torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64))) == 0.0
+
+
+def bases_store(path, rows: torch.Tensor, chunk_rows: int = 16):
+    """A finished bases store holding `rows` `[V, d]` as its "head" variant."""
+    spec = ArraySpec(tuple(rows.shape), "float32", chunk_rows)
+    with StoreWriter(path, {"head": spec}, "test") as writer:
+        for chunk in range(spec.num_chunks):
+            start, stop = spec.rows(chunk)
+            writer.write_chunk("head", chunk, rows[start:stop])
+        writer.finalize({"vocab_size": rows.shape[0], "d_model": rows.shape[1]})
+    return open_store(path)
+
+
+def fold_by_token(teacher_store, student_store, teacher_tokens, student_tokens, chunk_rows=16):
+    """`fold`'s semantic map: M over the tokens the two vocabularies share."""
+    vocab = align_vocabularies(teacher_tokens, student_tokens)
+    index = (
+        {"t": None, "s": None} if vocab.identical else {"t": vocab.teacher_index, "s": vocab.student_index}
+    )
+    return vocab, folded_map(
+        shared_row_reader(student_store, "head", index["s"]),
+        shared_row_reader(teacher_store, "head", index["t"]),
+        vocab.kept,
+        chunk_rows,
+    )
+
+
+@pytest.fixture
+def matched(tmp_path):
+    """Teacher and student bases over one 50-token vocabulary, and M matched by index."""
+    g = torch.Generator().manual_seed(4)
+    tokens = [f"tok{i}" for i in range(50)]
+    s_t, s_s = unit_rows(torch.randn(50, 12, generator=g)), unit_rows(torch.randn(50, 8, generator=g))
+    teacher = bases_store(tmp_path / "teacher.zarr", s_t)
+    vocab, m = fold_by_token(teacher, bases_store(tmp_path / "student.zarr", s_s), tokens, list(tokens))
+    assert vocab.identical and vocab.kept == 50
+    # identical vocabularies take the index-aligned path unchanged: contiguous rows, one chunk at a time
+    assert torch.equal(m, folded_map(lambda a, b: s_s[a:b], lambda a, b: s_t[a:b], 50, 16))
+    return tokens, s_t, s_s, teacher, m
+
+
+def test_a_student_with_an_appended_token_folds_to_the_index_matched_map(matched, tmp_path):
+    tokens, _, s_s, teacher, m = matched
+    extra = unit_rows(torch.randn(1, 8, generator=torch.Generator().manual_seed(5)))
+    rows = torch.cat([s_s[:20], extra, s_s[20:]])  # the WizardCoder case: one token more, mid-vocabulary
+    student_tokens = tokens[:20] + ["<extra>"] + tokens[20:]
+    vocab, appended = fold_by_token(teacher, bases_store(tmp_path / "s.zarr", rows), tokens, student_tokens)
+    assert not vocab.identical and (vocab.kept, vocab.student_size) == (50, 51)
+    assert vocab.share == pytest.approx(50 / 51)
+    assert torch.equal(appended, m)
+
+
+def test_permuted_student_ids_fold_to_the_same_map(matched, tmp_path):
+    tokens, _, s_s, teacher, m = matched
+    perm = torch.randperm(50, generator=torch.Generator().manual_seed(6))  # student row j is token perm[j]
+    student_tokens = [tokens[i] for i in perm]
+    vocab, permuted = fold_by_token(
+        teacher, bases_store(tmp_path / "s.zarr", s_s[perm]), tokens, student_tokens
+    )
+    assert vocab.kept == 50 and torch.equal(vocab.teacher_to_student()[perm], torch.arange(50))
+    assert torch.equal(permuted, m)
+    # matched by index instead (the old fold), the swapped rows pair the wrong tokens
+    wrong = folded_map(lambda a, b: s_s[perm][a:b], lambda a, b: matched[1][a:b], 50, 16)
+    assert (wrong - m).abs().max() > 0.1

@@ -8,12 +8,16 @@ import pytest
 
 from semalign.align.pairing import (
     Interp,
+    PairConfig,
     Pairing,
     build_pairing,
+    build_pairings,
     depth_map,
+    frontier_run,
     interpolation,
     monotone_selection,
     nearest_student_layer,
+    read_pairings,
     top_critical,
 )
 from semalign.errors import SemalignError
@@ -165,7 +169,48 @@ def test_v2_pairing_all_layers_and_critical_layers():
     assert every.trained_student_layers == [1, 2, 3]
     assert [p.teacher_layer for p in every.layers] == monotone_selection(scores, 3, 1) == [3, 3, 7]
     critical = build_pairing(7, 3, scores, mode="v2", num_critical=1, window=1)
-    assert critical.trained_student_layers == [2]
+    # k† is found on the selection: t_1 = 3 already reaches the critical teacher layer 3 (the depth map's
+    # ℓ = [2, 4, 7] would have given student layer 2)
+    assert [c.student_layer for c in critical.critical] == [1]
+    assert critical.trained_student_layers == [1]
+
+
+def test_v2_k_dagger_comes_from_the_selection_not_the_depth_map():
+    # the case: 28 → 24 with critical teacher layer 11 and a selection that reaches it early
+    scores = [0.0] * 28
+    scores[10] = 1.0
+    pairing = build_pairing(28, 24, scores, mode="v2", num_critical=1, window=2, frontier_layers=1)
+    selection = monotone_selection(scores, 24, 2)
+    k_dagger = pairing.critical[0].student_layer
+    assert selection[k_dagger - 1] >= 11 and all(t < 11 for t in selection[: k_dagger - 1])
+    assert pairing.layers[k_dagger - 1].teacher_layer == 11
+    assert k_dagger == nearest_student_layer(11, 28, 24, selection) < nearest_student_layer(11, 28, 24)
+
+
+def test_v2_frontier_runs_end_at_k_dagger_and_train_shallow_to_deep():
+    assert frontier_run(5, 8, 3) == [3, 4, 5]
+    assert frontier_run(1, 8, 3) == [1, 2, 3]  # too few layers above: the run starts at the bottom
+    assert frontier_run(8, 8, 1) == [8]
+    with pytest.raises(SemalignError, match=r"pair.frontier_layers 9 must be in 1..8"):
+        frontier_run(4, 8, 9)
+    scores = [0.0, 0.1, 0.9, 0.2, 0.0, 0.05, 0.8]  # v2 selection [3, 3, 7], k† = 1
+    v2 = build_pairing(7, 3, scores, mode="v2", num_critical=1, window=1, frontier_layers=2)
+    assert v2.trained_student_layers == [1, 2]
+    v1 = build_pairing(7, 3, scores, mode="v1", num_critical=1, window=1, frontier_layers=2)
+    assert v1.trained_student_layers == [2]  # v1 ignores the frontier: the paper's k† alone
+
+
+def test_both_pairings_are_built_from_one_section_and_round_trip():
+    scores = [0.0, 0.1, 0.9, 0.2, 0.0, 0.05, 0.8]
+    config = PairConfig(num_critical=1, window=1, frontier_layers=2)
+    pairings = build_pairings(7, 3, scores, config)
+    assert [p.teacher_layer for p in pairings["v1"].layers] == depth_map(7, 3) == [2, 4, 7]
+    assert [p.teacher_layer for p in pairings["v2"].layers] == [3, 3, 7]
+    assert pairings["v1"].layers[0].interp == interpolation(1, 7, 3)
+    payload = json.loads(json.dumps({mode: p.to_json() for mode, p in pairings.items()}))
+    assert read_pairings(payload) == pairings
+    with pytest.raises(SemalignError, match=r"lacks the \['v2'\] pairing"):
+        read_pairings({"v1": payload["v1"]})
 
 
 def test_json_roundtrip_and_keys(tmp_path):

@@ -9,7 +9,7 @@ from cache_fixtures import NUM_LAYERS, build_cache, make_inputs
 from semalign.align.alignment import decompose_recompose
 from semalign.align.latent_maps import semantic_map
 from semalign.align.pairing import build_pairing
-from semalign.align.targets import target_arrays, target_name, teacher_quantity, write_targets
+from semalign.align.targets import TargetSpec, target_arrays, target_name, teacher_quantity, write_targets
 from semalign.errors import SemalignError
 from semalign.store import StoreWriter, open_store, to_storage
 from semalign.teacher.cache import CacheConfig, state_name
@@ -26,11 +26,9 @@ def test_targets_equal_the_mapped_interpolated_contribution(tmp_path):
     pairs = [p for p in pairing.layers if p.trained]
     folded = torch.randn(D_STUDENT, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     n, t = encoded.input_ids.shape
-    with StoreWriter(tmp_path / "targets.zarr", target_arrays(pairs, n, t, D_STUDENT, 2), "fp") as writer:
-        assert (
-            write_targets(cache, pairs, {p.student_layer: semantic_map(folded) for p in pairs}, True, writer)
-            == 3
-        )
+    specs = [TargetSpec("v1", p, semantic_map(folded), True) for p in pairs]
+    with StoreWriter(tmp_path / "targets.zarr", target_arrays(specs, n, t, D_STUDENT, 2), "fp") as writer:
+        assert write_targets(cache, specs, writer) == 3
         writer.finalize({})
     targets = open_store(tmp_path / "targets.zarr")
 
@@ -40,7 +38,7 @@ def test_targets_equal_the_mapped_interpolated_contribution(tmp_path):
     lam = first.interp.lam
     expected = (1 - lam) * (h[1] - h[0]) + lam * (h[2] - h[1])
     mapped = decompose_recompose(expected.reshape(-1, 32), folded).reshape(n, t, D_STUDENT)
-    got = targets.read(target_name(1)).double()
+    got = targets.read(target_name(1, "v1")).double()
     torch.testing.assert_close(got, mapped, atol=1e-5, rtol=1e-4)
     padding = ~encoded.attention_mask.bool()
     assert not got[padding].any(), "padding positions must have zero targets"
@@ -90,21 +88,22 @@ def test_nan_in_targets_is_named_when_training_reads_it_and_the_advised_rerun_re
     encoded = make_inputs(num_examples=5)
     build_cache(tmp_path / "cache.zarr", CacheConfig(dtype="float32", batch_size=2), encoded)
     cache = open_store(tmp_path / "cache.zarr")
-    pairs = [build_pairing(NUM_LAYERS, 2, [0.2, 0.5, 0.3], mode="v1").layers[0]]
-    maps = {pairs[0].student_layer: semantic_map(torch.randn(D_STUDENT, 32, dtype=torch.float64))}
+    pair = build_pairing(NUM_LAYERS, 2, [0.2, 0.5, 0.3], mode="v1").layers[0]
+    folded = torch.randn(D_STUDENT, 32, dtype=torch.float64)
+    specs = [TargetSpec("v1", pair, semantic_map(folded), False)]
     arrays, path = (
-        target_arrays(pairs, 5, encoded.input_ids.shape[1], D_STUDENT, 2),
+        target_arrays(specs, 5, encoded.input_ids.shape[1], D_STUDENT, 2),
         tmp_path / "targets.zarr",
     )
 
     def align() -> int:
         with StoreWriter(path, arrays, "fp", rebuild="dvc repro -f align@mmlu") as writer:
-            computed = write_targets(cache, pairs, maps, False, writer)
+            computed = write_targets(cache, specs, writer)
             writer.finalize({})
         return computed
 
     assert align() == 3
-    name = target_name(pairs[0].student_layer)
+    name = specs[0].name
     clean = open_store(path).read(name)
     _poison(path, name, example=4)  # chunk 2, the short last one
     with pytest.raises(SemalignError) as err:

@@ -1,10 +1,12 @@
 """Objectives against hand-computed values, and the invariances the method relies on."""
 
+import itertools
 import math
 
 import pytest
 import torch
 
+from semalign.align.alignment import decompose_recompose
 from semalign.student.objectives import (
     cross_entropy_loss,
     layer_cosine_loss,
@@ -12,6 +14,7 @@ from semalign.student.objectives import (
     relation_geometry_loss,
     topk_kl_loss,
 )
+from semalign.teacher.bases import align_vocabularies
 
 
 def test_layer_cosine_by_hand_and_scale_invariance():
@@ -50,9 +53,9 @@ def test_relation_geometry_invariances_and_sensitivity():
     mask[1, 4:] = 0
     assert relation_geometry_loss(h, h, mask).item() == pytest.approx(0.0, abs=1e-10)
     rotated = h @ random_orthogonal(8, 1)
-    shifted = h + torch.randn(2, 1, 8, generator=g) * 10  # per-sequence translation
     scaled = h * 3.5
-    for other in (rotated, shifted, scaled):
+    per_token = h * torch.rand(2, 6, 1, generator=g) * 10  # each token its own scale
+    for other in (rotated, scaled, per_token):
         assert relation_geometry_loss(h, other, mask).item() == pytest.approx(0.0, abs=1e-5)
     # a target of another width with the same geometry: embed h in 12 dims
     wider = torch.cat([h, torch.zeros(2, 6, 4)], dim=-1) @ random_orthogonal(12, 2)
@@ -65,14 +68,29 @@ def test_relation_geometry_invariances_and_sensitivity():
 
 
 def test_relation_geometry_by_hand():
-    # one sequence of two tokens: after centering they point in opposite directions (R = [[1,-1],[-1,1]]);
-    # a target of three tokens on a line at 0, 1, 3 has R with signs from centering at 4/3
-    h = torch.tensor([[[1.0, 0.0], [3.0, 0.0]]])
-    target = torch.tensor([[[0.0, 1.0], [0.0, 5.0]]])
+    # two tokens along the axes: unit rows (1,0), (0,1), centered at (½,½) to ±(½,−½), so R = [[1,−1],[−1,1]]
+    h = torch.tensor([[[1.0, 0.0], [0.0, 3.0]]])
+    target = torch.tensor([[[2.0, 0.0], [0.0, 0.5]]])
     assert relation_geometry_loss(h, target, torch.ones(1, 2)).item() == pytest.approx(0.0, abs=1e-7)
-    anti = torch.tensor([[[0.0, 5.0], [0.0, 5.0]]])  # centered to zero: R = 0
+    same_direction = torch.tensor([[[0.0, 5.0], [0.0, 1.0]]])  # equal unit rows centre to zero: R = 0
     # every entry differs by 1 in magnitude: mean of (±1 − 0)² over 4 pairs = 1
-    assert relation_geometry_loss(h, anti, torch.ones(1, 2)).item() == pytest.approx(1.0)
+    assert relation_geometry_loss(h, same_direction, torch.ones(1, 2)).item() == pytest.approx(1.0)
+
+
+def test_the_teachers_own_contribution_is_an_exact_minimiser_of_its_v2_target():
+    # teacher = student and M = I: the target is Δh / ‖Δh‖ (align's semantic map), the prediction Δh itself
+    g = torch.Generator().manual_seed(3)
+    delta = torch.randn(2, 7, 16, generator=g) * torch.rand(2, 7, 1, generator=g) * 20
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, 5:] = 0
+    target = decompose_recompose(delta, torch.eye(16, dtype=torch.float64)).float()
+    h = delta.clone().requires_grad_(True)
+    loss = relation_geometry_loss(h, target, mask)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-12)
+    assert h.grad.abs().max().item() < 1e-6
+    # the one-sided normalisation this replaces left the student's own contribution 0.36 away in the issue
+    assert relation_geometry_loss(delta + torch.randn(2, 7, 16, generator=g), target, mask).item() > 1e-3
 
 
 def test_topk_kl_equals_exact_kl_when_k_is_the_vocabulary_and_is_zero_for_equal_models():
@@ -107,3 +125,39 @@ def test_topk_kl_respects_the_mask():
     assert topk_kl_loss(logits, top, ids, rest, mask).item() == pytest.approx(
         topk_kl_loss(changed, top, ids, rest, mask).item()
     )
+
+
+def test_topk_kl_reads_the_cached_teacher_ids_as_student_ids():
+    g = torch.Generator().manual_seed(2)
+    tokens = [f"t{i}" for i in range(9)]
+    teacher = torch.log_softmax(torch.randn(2, 3, 9, generator=g, dtype=torch.float64), -1)
+    logits = torch.randn(2, 3, 9, generator=g, dtype=torch.float64)
+    top, ids = teacher.topk(4, dim=-1)
+    rest = torch.log1p(-top.exp().sum(-1))
+    mask = torch.ones(2, 3)
+    matched = topk_kl_loss(logits, top, ids, rest, mask).item()
+
+    perm = torch.randperm(9, generator=g)  # the student's row j is the teacher's token perm[j]
+    vocab = align_vocabularies(tokens, [tokens[i] for i in perm])
+    permuted = logits[..., perm]
+    assert topk_kl_loss(permuted, top, vocab.student_ids(ids), rest, mask).item() == pytest.approx(
+        matched,
+        rel=1e-6,  # the loss runs in float32
+    )
+    assert topk_kl_loss(permuted, top, ids, rest, mask).item() != pytest.approx(matched, rel=1e-3)
+
+    # a student without the teacher's top token at position (0, 0): its mass joins the rest bucket
+    x = int(ids[0, 0, 0])
+    lacking = align_vocabularies(tokens, tokens[:x] + tokens[x + 1 :], min_overlap=0.5)
+    fewer = torch.cat([logits[..., :x], logits[..., x + 1 :]], dim=-1)
+    student_ids = lacking.student_ids(ids)
+    assert (student_ids == -1).sum() == (ids == x).sum() >= 1
+    expected = []
+    for b, t in itertools.product(range(2), range(3)):
+        p, q = teacher[b, t].exp(), torch.softmax(fewer[b, t], -1)
+        present = [int(i) for i in ids[b, t] if i != x]
+        p_top, q_top = p[present], q[[i - (i > x) for i in present]]
+        p_rest, q_rest = 1 - p_top.sum(), 1 - q_top.sum()
+        expected.append((p_top * (p_top / q_top).log()).sum() + p_rest * (p_rest / q_rest).log())
+    got = topk_kl_loss(fewer, top, student_ids, rest, mask).item()
+    assert got == pytest.approx(torch.stack(expected).mean().item(), rel=1e-6)

@@ -125,10 +125,28 @@ def test_v2_trains_one_frontier_layer_per_phase_shallow_to_deep():
     model = student([1, 3], config)
     shallow_before, deep_before = snapshot(lora_parameters(model, 1)), snapshot(lora_parameters(model, 3))
     result = train(model, epochs_of(tensors, targets, config), [3, 1], config, steps_per_epoch=2)
-    assert [r["layer"] for r in result.records] == [1] * 4 + [3] * 4
-    assert [r["phase"] for r in result.records] == [1] * 4 + [2] * 4
+    # the phases share the run's 2 epochs x 2 steps
+    assert [r["layer"] for r in result.records] == [1] * 2 + [3] * 2
+    assert [r["phase"] for r in result.records] == [1] * 2 + [2] * 2
     assert not all(torch.equal(a, b) for a, b in zip(shallow_before, lora_parameters(model, 1)))
     assert not all(torch.equal(a, b) for a, b in zip(deep_before, lora_parameters(model, 3)))
+
+
+def test_v2_phases_split_the_steps_shallow_first_and_need_one_step_each():
+    config = TrainConfig(objective="v2", lr=1e-3, epochs=2, batch_size=4, micro_batch_size=2)
+    tensors = split_tensors()
+    targets = other_model_targets(tensors, [1, 2, 3])
+    model = student([1, 2, 3], config)
+    result = train(model, epochs_of(tensors, targets, config), [2, 3, 1], config, steps_per_epoch=2)
+    assert [(r["step"], r["phase"], r["layer"]) for r in result.records] == [
+        (1, 1, 1),
+        (2, 1, 1),
+        (3, 2, 2),
+        (4, 3, 3),
+    ]
+    one_epoch = TrainConfig(objective="v2", epochs=1, batch_size=4, micro_batch_size=2)
+    with pytest.raises(SemalignError, match=r"v2 trains 3 frontier layers \[1, 2, 3\] .* only 2 optimizer"):
+        train(model, epochs_of(tensors, targets, one_epoch), [1, 2, 3], one_epoch, steps_per_epoch=2)
 
 
 def test_sft_lowers_cross_entropy():
@@ -250,8 +268,8 @@ def test_a_step_that_processes_cannot_share_evenly_is_refused():
         )
 
 
-DDP_CONFIG = TrainConfig(
-    objective="v2", lr=1e-2, epochs=1, batch_size=4, micro_batch_size=1, lora_dropout=0.0
+DDP_CONFIG = TrainConfig(  # 2 epochs of 2 steps: the two v2 phases take 2 steps each
+    objective="v2", lr=1e-2, epochs=2, batch_size=4, micro_batch_size=1, lora_dropout=0.0
 )
 
 
@@ -304,10 +322,10 @@ def test_ddp_in_two_processes_trains_the_adapters_one_process_trains(tmp_path):
         got = torch.load(f"{out}.{rank}")
         assert set(got["weights"]) == set(weights)
         # Each rank averaged both ranks' gradients: the same update everywhere, up to float summation order
-        # (which
-        # Adam lifts to ~1e-5 on near-zero gradient entries; ranks that skip the averaging land ~4e-2 away).
+        # (which Adam lifts to ~2.6e-4 over these 4 steps on near-zero gradient entries; ranks that skip the
+        # averaging land ~4e-2 away).
         for name, value in weights.items():
-            torch.testing.assert_close(got["weights"][name], value, rtol=0, atol=5e-5, msg=name)
+            torch.testing.assert_close(got["weights"][name], value, rtol=0, atol=5e-4, msg=name)
         assert [r["loss"] for r in got["records"]] == pytest.approx([r["loss"] for r in records], rel=1e-6)
 
 
@@ -315,7 +333,7 @@ FSDP_CONFIGS = {
     objective: TrainConfig(
         objective=objective,
         lr=1e-2,
-        epochs=1,
+        epochs=2 if objective == "v2" else 1,  # 2 steps per phase
         batch_size=4,
         micro_batch_size=1,
         lora_dropout=0.0,

@@ -8,6 +8,7 @@ import torch
 from semalign.errors import SemalignError
 from semalign.store import open_store
 from semalign.teacher.bases import (
+    VocabAlignment,
     align_vocabularies,
     gram,
     inverse_gram,
@@ -142,7 +143,9 @@ def test_low_overlap_is_refused():
     teacher = [f"t{i}" for i in range(30)]
     student = teacher[:10] + [f"s{i}" for i in range(30)]
     with pytest.raises(
-        SemalignError, match=r"teacher \(30 tokens\) and student \(40 tokens\) share only 10 tokens"
+        SemalignError,
+        match=r"teacher \(30 tokens\) and student \(40 tokens\) share only 10 tokens \(25.0% < "
+        r"align.min_vocab_overlap 90%\).*or lower align.min_vocab_overlap in params.yaml",
     ):
         align_vocabularies(teacher, student)
     assert align_vocabularies(teacher, student, min_overlap=0.2).kept == 10
@@ -159,3 +162,28 @@ def test_vocabulary_tokens_pad_to_the_embedding_rows():
     assert align_vocabularies(tokens, vocabulary_tokens(tokenizer, n + 3)).identical
     with pytest.raises(SemalignError, match="embedding rows"):
         vocabulary_tokens(tokenizer, n - 1)
+
+
+def test_vocab_alignment_maps_teacher_ids_and_round_trips(tmp_path):
+    teacher = [f"t{i}" for i in range(6)]
+    student = ["t5", "t0", "<extra>", "t2", "t1", "t4"]  # t3 missing, an extra token, order shuffled
+    vocab = align_vocabularies(teacher, student, min_overlap=0.5)
+    assert vocab.teacher_to_student().tolist() == [1, 4, 3, -1, 5, 0]
+    assert (vocab.kept, vocab.share) == (5, pytest.approx(5 / 6))
+    # labels keep their −100, a teacher token the student lacks reads −1
+    labels = torch.tensor([[-100, 0, 3, 5]])
+    assert vocab.student_ids(labels).tolist() == [[-100, 1, -1, 0]]
+    # inputs: padding the student lacks becomes id 0, a real token it lacks stops
+    ids, mask = torch.tensor([[2, 1, 3, 3]]), torch.tensor([[1, 1, 0, 0]])
+    assert vocab.student_inputs(ids, mask).tolist() == [[3, 4, 0, 0]]
+    with pytest.raises(
+        SemalignError, match=r"2 tokens of the data \(teacher id 3 first\) are not in the student"
+    ):
+        vocab.student_inputs(ids, torch.ones_like(mask))
+    vocab.save(tmp_path / "vocab.safetensors")
+    loaded = VocabAlignment.load(tmp_path / "vocab.safetensors")
+    assert torch.equal(loaded.teacher_index, vocab.teacher_index)
+    assert torch.equal(loaded.student_index, vocab.student_index)
+    assert (loaded.teacher_size, loaded.student_size, loaded.identical) == (6, 6, False)
+    same = align_vocabularies(teacher, list(teacher))
+    assert same.student_ids(labels) is labels  # identical vocabularies: the ids untouched

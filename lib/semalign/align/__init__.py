@@ -15,17 +15,22 @@ from semalign.align.alignment import (
 from semalign.align.fidelity import compare_maps, curve_rows, fit_examples, layer_fidelity
 from semalign.align.latent_maps import fit_map, fit_procrustes, fit_ridge, random_map, semantic_map
 from semalign.align.pairing import (
+    PAIRING_OF,
     Interp,
     PairConfig,
     Pairing,
     build_pairing,
+    build_pairings,
     depth_map,
+    frontier_run,
     interpolation,
     monotone_selection,
     nearest_student_layer,
+    read_pairings,
     top_critical,
 )
 from semalign.align.targets import (
+    TargetSpec,
     target_arrays,
     target_name,
     teacher_quantity,
@@ -34,11 +39,15 @@ from semalign.align.targets import (
 )
 
 __all__ = [
+    "PAIRING_OF",
     "AlignConfig",
     "Interp",
     "PairConfig",
     "Pairing",
+    "TargetSpec",
     "build_pairing",
+    "build_pairings",
+    "frontier_run",
     "compare_maps",
     "curve_rows",
     "decompose_recompose",
@@ -55,6 +64,7 @@ __all__ = [
     "layer_fidelity",
     "monotone_selection",
     "nearest_student_layer",
+    "read_pairings",
     "random_control_cosine",
     "random_map",
     "random_self_map",

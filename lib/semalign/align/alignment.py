@@ -17,6 +17,7 @@ import torch
 
 from semalign.errors import SemalignError
 from semalign.progress import progress
+from semalign.store import Store
 
 LATENT_MAPS = ("semantic", "ridge", "procrustes")  # see semalign.align.latent_maps
 
@@ -27,7 +28,8 @@ class AlignConfig:
     that makes the targets (LATENT_MAPS); ridge: the ridge map's strength (relative to tr(XᵀX)/d);
     fit_fraction:
     share of the alignment split's examples that fit maps, the rest is held out for every measurement;
-    interpolate: non-integer depth ratios interpolate adjacent teacher layers (§4.1); control_seed and
+    interpolate: non-integer depth ratios interpolate adjacent teacher layers (§4.1); min_vocab_overlap:
+    the least share of the larger vocabulary that teacher and student must share by token; control_seed and
     control_counts: the random-basis control of Fig. 2 (as many vectors as the vocabulary, plus this sweep);
     chunk_rows: vocabulary rows per read."""
 
@@ -36,6 +38,7 @@ class AlignConfig:
     ridge: float = 0.01
     fit_fraction: float = 0.5
     interpolate: bool = True
+    min_vocab_overlap: float = 0.9
     control_seed: int = 0
     control_counts: tuple[int, ...] = (256, 1024, 4096, 16384, 65536)
     chunk_rows: int = 16384
@@ -49,6 +52,10 @@ class AlignConfig:
                 f"align.fit_fraction {self.fit_fraction} must be between 0 and 1 (exclusive): "
                 "some alignment examples fit the maps, the others measure them"
             )
+        if not 0.0 <= self.min_vocab_overlap <= 1.0:
+            raise SemalignError(
+                f"align.min_vocab_overlap {self.min_vocab_overlap} must be a share between 0 and 1"
+            )
         if any(not isinstance(c, int) or c < 1 for c in self.control_counts):
             raise SemalignError(f"align.control_counts {list(self.control_counts)} must be positive integers")
 
@@ -56,13 +63,22 @@ class AlignConfig:
 RowReader = Callable[[int, int], torch.Tensor]  # (start, stop) -> rows [stop - start, d]
 
 
+def shared_row_reader(store: Store, variant: str, index: torch.Tensor | None) -> RowReader:
+    """Rows of bases `variant` in `store` by position in the shared vocabulary: shared token k is row
+    `index[k]` (`VocabAlignment.teacher_index` or `.student_index`); `index` None: row k itself (identical
+    vocabularies read contiguous rows, the index-aligned path unchanged)."""
+    if index is None:
+        return lambda start, stop: store.read_rows(variant, start, stop)
+    return lambda start, stop: store.read_selection(variant, index[start:stop])
+
+
 def folded_map(
     read_student: RowReader, read_teacher: RowReader, vocab_size: int, chunk_rows: int = 16384
 ) -> torch.Tensor:
-    """M = Σ_i s_i^S (s_i^T)ᵀ, `[d_student, d_teacher]` float64, from row readers over index-aligned bases.
+    """M = Σ_i s_i^S (s_i^T)ᵀ, `[d_student, d_teacher]` float64, over `vocab_size` shared tokens.
 
     Each reader returns rows `[stop - start, d]` of a unit-norm bases array; rows i of both readers must
-    denote the same vocabulary entry (see semalign.teacher.bases.align_vocabularies).
+    denote the same token (`shared_row_reader` over semalign.teacher.bases.align_vocabularies).
     """
     total = None
     starts = range(0, vocab_size, chunk_rows)

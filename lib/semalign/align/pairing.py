@@ -1,5 +1,8 @@
 """Teacher↔student layer pairing (paper §4.1) and the v2 one-teacher-layer-per-student-layer selection.
 
+Both pairings are built for every run (`build_pairings`): the v1 and sft objectives follow the v1 depth map,
+the v2 objective its own selection (`PAIRING_OF`), so one run trains each objective as its paper states it.
+
 Layers are numbered 1..L; layer ℓ's output is the residual stream h_ℓ (h_0 = embeddings). All depth
 arithmetic is integer or `Fraction`, so floor(L_T·k/L_S) never suffers a float rounding error.
 """
@@ -14,18 +17,20 @@ from semalign.errors import SemalignError
 
 MODES = ("v1", "v2")
 TRAIN_LAYERS = ("critical", "all")
+PAIRING_OF = {"v1": "v1", "sft": "v1", "v2": "v2"}  # training objective -> the pairing it follows
 
 
 @dataclass(frozen=True)
 class PairConfig:
-    """`pair` section: v1 (depth map, §4.1) or v2 (one order-preserving teacher layer per student layer,
-    chosen within ±window of the depth map); how many top-attributed teacher layers are critical; and
-    which student layers train ("critical": the partners k† of the critical layers; "all")."""
+    """`pair` section: how many top-attributed teacher layers are critical; the v2 selection's window
+    (±window around the depth map); which student layers train ("critical": the partners k† of the critical
+    layers; "all"); and frontier_layers: in v2, the consecutive student layers ending at each k† that train
+    shallow to deep, one frontier at a time."""
 
-    mode: str = "v1"
     num_critical: int = 1
     window: int = 2
     train_layers: str = "critical"
+    frontier_layers: int = 2
 
 
 @dataclass(frozen=True)
@@ -84,15 +89,30 @@ def depth_map(num_teacher_layers: int, num_student_layers: int) -> list[int]:
     return [max(1, num_teacher_layers * k // num_student_layers) for k in range(1, num_student_layers + 1)]
 
 
-def nearest_student_layer(teacher_layer: int, num_teacher_layers: int, num_student_layers: int) -> int:
-    """k† = min{k : ℓ_k ≥ ℓ*}, or L_S when no student depth reaches ℓ*."""
+def nearest_student_layer(
+    teacher_layer: int, num_teacher_layers: int, num_student_layers: int, partners: list[int] | None = None
+) -> int:
+    """k† = min{k : ℓ_k ≥ ℓ*}, or L_S when no student layer's partner reaches ℓ*. `partners` [L_S]: the
+    teacher layer of each student layer (default: the depth map ℓ_k; v2: its selection t_k)."""
     if not _is_int(teacher_layer) or not 1 <= teacher_layer <= num_teacher_layers:
         raise SemalignError(
             f"critical teacher layer {teacher_layer!r} is outside 1..{num_teacher_layers}; "
             "pick a teacher layer in range"
         )
-    mapped = depth_map(num_teacher_layers, num_student_layers)
+    mapped = partners or depth_map(num_teacher_layers, num_student_layers)
     return next((k for k, ell in enumerate(mapped, start=1) if ell >= teacher_layer), num_student_layers)
+
+
+def frontier_run(receiver: int, num_student_layers: int, count: int) -> list[int]:
+    """The `count` consecutive student layers ending at `receiver` (moved deeper where fewer lie above it),
+    in training order: shallow to deep."""
+    if not _is_int(count) or not 1 <= count <= num_student_layers:
+        raise SemalignError(
+            f"pair.frontier_layers {count!r} must be in 1..{num_student_layers} (the student's depth); "
+            "fix it in params.yaml"
+        )
+    first = min(max(1, receiver - count + 1), num_student_layers - count + 1)
+    return list(range(first, first + count))
 
 
 def interpolation(student_layer: int, num_teacher_layers: int, num_student_layers: int) -> Interp:
@@ -193,6 +213,7 @@ class Pairing:
     num_student_layers: int
     window: int
     train_layers: str
+    frontier_layers: int
     depth_map: list[int]
     critical: list[CriticalLayer]
     layers: list[LayerPair]
@@ -228,6 +249,7 @@ class Pairing:
                     "num_student_layers",
                     "window",
                     "train_layers",
+                    "frontier_layers",
                     "depth_map",
                 )
             }
@@ -245,15 +267,17 @@ def build_pairing(
     num_critical: int = 1,
     window: int = 0,
     train_layers: str = "critical",
+    frontier_layers: int = 1,
 ) -> Pairing:
     """Pair layers from per-teacher-layer attribution `scores` ([L_T]).
 
-    v1: student layer k pairs with ℓ_k; v2: with the monotone DP selection t_k (`window`). In both modes
-    the trained layers are the k† of the `num_critical` top-scored teacher layers (`train_layers="critical"`)
-    or every student layer (`"all"`).
+    v1: student layer k pairs with ℓ_k and the trained layers are the k† of the `num_critical` top-scored
+    teacher layers (`train_layers="critical"`) or every student layer (`"all"`). v2: k pairs with the
+    monotone DP selection t_k (`window`), k† is found on t_k, and each k† brings the `frontier_layers`
+    consecutive layers ending at it (`frontier_run`), trained shallow to deep.
     """
     if mode not in MODES:
-        raise SemalignError(f"pairing mode {mode!r} is unknown; use one of {list(MODES)} in params.yaml")
+        raise SemalignError(f"pairing mode {mode!r} is unknown; use one of {list(MODES)}")
     if train_layers not in TRAIN_LAYERS:
         raise SemalignError(
             f"train_layers {train_layers!r} is unknown; use one of {list(TRAIN_LAYERS)} in params.yaml"
@@ -264,11 +288,15 @@ def build_pairing(
     partners = mapped if mode == "v1" else monotone_selection(scores, num_student_layers, window)
     critical = [
         CriticalLayer(
-            ell, float(scores[ell - 1]), nearest_student_layer(ell, num_teacher_layers, num_student_layers)
+            ell,
+            float(scores[ell - 1]),
+            nearest_student_layer(ell, num_teacher_layers, num_student_layers, partners),
         )
         for ell in top_critical(scores, num_critical)
     ]
     receivers = {c.student_layer for c in critical}
+    if mode == "v2":
+        receivers = {k for r in receivers for k in frontier_run(r, num_student_layers, frontier_layers)}
     layers = [
         LayerPair(
             k,
@@ -279,5 +307,40 @@ def build_pairing(
         for k in range(1, num_student_layers + 1)
     ]
     return Pairing(
-        mode, num_teacher_layers, num_student_layers, window, train_layers, mapped, critical, layers
+        mode,
+        num_teacher_layers,
+        num_student_layers,
+        window,
+        train_layers,
+        frontier_layers,
+        mapped,
+        critical,
+        layers,
     )
+
+
+def build_pairings(
+    num_teacher_layers: int, num_student_layers: int, scores: list[float], config: PairConfig
+) -> dict[str, Pairing]:
+    """Both pairings, {"v1": ..., "v2": ...}, from one `pair` section (see `build_pairing`)."""
+    return {
+        mode: build_pairing(
+            num_teacher_layers,
+            num_student_layers,
+            scores,
+            mode,
+            config.num_critical,
+            config.window,
+            config.train_layers,
+            config.frontier_layers,
+        )
+        for mode in MODES
+    }
+
+
+def read_pairings(payload: dict) -> dict[str, Pairing]:
+    """`build_pairings`' result from its JSON (`data/pairs/<task>.json`: {mode: Pairing.to_json()})."""
+    missing = [mode for mode in MODES if mode not in payload]
+    if missing:
+        raise SemalignError(f"pairing file lacks the {missing} pairing(s); re-run `dvc repro pair`")
+    return {mode: Pairing.from_json(payload[mode]) for mode in MODES}

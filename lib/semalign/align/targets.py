@@ -1,13 +1,16 @@
 """Supervisory targets in student space, built offline from the teacher cache (paper §4.1–4.3).
 
-For each trained student layer k the teacher quantity at the supervision interface is the paired
-teacher layer's residual contribution Δh_ℓ = h_ℓ − h_{ℓ−1} ("before residual addition", §4.3), either at
-the pairing's teacher layer or interpolated (1−λ)Δh_a + λΔh_b (§4.1, non-integer depth ratios). It is
-mapped into student space by the layer's latent map (`semalign.align.latent_maps`): the paper's
-target = M Δh / ‖Δh‖ with the folded M, or a map fitted on the alignment split.
+For each trained student layer k of each pairing (v1: depth map, v2: selection) the teacher quantity at the
+supervision interface is the paired teacher layer's residual contribution Δh_ℓ = h_ℓ − h_{ℓ−1} ("before
+residual addition", §4.3), either at the pairing's teacher layer or interpolated (1−λ)Δh_a + λΔh_b (§4.1,
+non-integer depth ratios; v1 only). It is mapped into student space by the layer's latent map
+(`semalign.align.latent_maps`): the paper's target = M Δh / ‖Δh‖ with the folded M, or a map fitted on the
+alignment split.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -20,9 +23,24 @@ from semalign.store import ArraySpec, BackgroundWriter, Store, StoreWriter
 from semalign.teacher.cache import state_name
 
 
-def target_name(student_layer: int) -> str:
-    """Array name of student layer k's target."""
-    return f"target_{student_layer:02d}"
+def target_name(student_layer: int, mode: str) -> str:
+    """Array name of student layer k's target under pairing `mode` (v1 and v2 may pair k differently)."""
+    return f"{mode}_target_{student_layer:02d}"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One target array: student layer `pair.student_layer` under pairing `mode`, its teacher quantity
+    (interpolated if `interpolate`) mapped by `latent_map`."""
+
+    mode: str
+    pair: LayerPair
+    latent_map: LatentMap
+    interpolate: bool
+
+    @property
+    def name(self) -> str:
+        return target_name(self.pair.student_layer, self.mode)
 
 
 def teacher_contribution(cache: Store, layer: int, start: int, stop: int) -> torch.Tensor:
@@ -55,32 +73,26 @@ def to_student_space(teacher: torch.Tensor, latent_map: LatentMap) -> torch.Tens
 
 
 def target_arrays(
-    pairs: list[LayerPair], num_examples: int, num_tokens: int, d_student: int, chunk_rows: int
+    specs: list[TargetSpec], num_examples: int, num_tokens: int, d_student: int, chunk_rows: int
 ) -> dict[str, ArraySpec]:
-    """One float32 array `[N, T, d_student]` per trained student layer."""
-    return {
-        target_name(p.student_layer): ArraySpec((num_examples, num_tokens, d_student), "float32", chunk_rows)
-        for p in pairs
-    }
+    """One float32 array `[N, T, d_student]` per target."""
+    return {s.name: ArraySpec((num_examples, num_tokens, d_student), "float32", chunk_rows) for s in specs}
 
 
 def write_targets(
     cache: Store,
-    pairs: list[LayerPair],
-    maps: dict[int, LatentMap],
-    use_interpolation: bool,
+    specs: list[TargetSpec],
     writer: StoreWriter,
     desc: str = "align",
     shard: Shard = Shard(),
 ) -> int:
-    """Fill every unfinished chunk of `writer` that `shard` owns with targets, student layer k mapped by
-    `maps[k]`; returns the number of chunks computed."""
+    """Fill every unfinished chunk of `writer` that `shard` owns with the targets of `specs`; returns the
+    number of chunks computed."""
     pending = sorted({c for name in writer.arrays for c in writer.pending_chunks(name) if shard.owns(c)})
     with BackgroundWriter(writer) as background:
         for chunk in progress(pending, desc=f"{desc}: chunks", unit="chunk"):
-            for pair in pairs:
-                name = target_name(pair.student_layer)
-                start, stop = writer.arrays[name].rows(chunk)
-                quantity = teacher_quantity(cache, pair, use_interpolation, start, stop)
-                background.submit(name, chunk, to_student_space(quantity, maps[pair.student_layer]))
+            for spec in specs:
+                start, stop = writer.arrays[spec.name].rows(chunk)
+                quantity = teacher_quantity(cache, spec.pair, spec.interpolate, start, stop)
+                background.submit(spec.name, chunk, to_student_space(quantity, spec.latent_map))
     return len(pending)

@@ -10,6 +10,7 @@ from semalign.student.objectives import (
 )
 from semalign.student.training import (
     TERMS,
+    StudentIds,
     TrainConfig,
     TrainingBatch,
     add_lora,
@@ -24,6 +25,7 @@ from semalign.student.training import (
     steps_per_epoch,
     token_tensors,
     train,
+    training_phases,
 )
 
 __all__ = [
@@ -45,7 +47,9 @@ __all__ = [
     "save_adapter",
     "step_batches",
     "steps_per_epoch",
+    "StudentIds",
     "token_tensors",
     "topk_kl_loss",
     "train",
+    "training_phases",
 ]

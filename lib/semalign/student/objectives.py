@@ -38,16 +38,18 @@ def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 
 def relation_matrix(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per sequence, the cosine-similarity matrix of its centered token vectors: `[batch, tokens, tokens]`.
+    """Per sequence, the cosine matrix of its centered unit token vectors: `[batch, tokens, tokens]`.
 
-    x̄ = mean of x_i over the sequence's masked tokens; x̂_i = (x_i − x̄) / ‖x_i − x̄‖; R_ij = x̂_i · x̂_j,
-    zero where i or j is masked.
+    u_i = x_i / ‖x_i‖; ū = mean of u_i over the sequence's masked tokens; û_i = (u_i − ū) / ‖u_i − ū‖;
+    R_ij = û_i · û_j, zero where i or j is masked. Normalising every token first makes R blind to per-token
+    scale, so a target built from unit rows (M Δh / ‖Δh‖) and a raw Δh go through the same steps.
     """
     m = mask.to(x.dtype)[..., None]  # [B, T, 1]
+    unit = x / x.norm(dim=-1, keepdim=True).clamp(min=EPS)
     count = m.sum(dim=1, keepdim=True).clamp(min=1.0)
-    centered = (x - (x * m).sum(dim=1, keepdim=True) / count) * m
-    unit = centered / centered.norm(dim=-1, keepdim=True).clamp(min=EPS)
-    return unit @ unit.transpose(1, 2)
+    centered = (unit - (unit * m).sum(dim=1, keepdim=True) / count) * m
+    centered = centered / centered.norm(dim=-1, keepdim=True).clamp(min=EPS)
+    return centered @ centered.transpose(1, 2)
 
 
 def relation_geometry_loss(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -55,9 +57,10 @@ def relation_geometry_loss(h: torch.Tensor, target: torch.Tensor, mask: torch.Te
 
         L = mean over sequences b of  Σ_ij M_bij (R(h)_bij − R(target)_bij)² / Σ_ij M_bij,   M_bij = m_bi m_bj
 
-    with R from `relation_matrix`. Invariant to rotating either input (R uses only inner products), to
-    translating a sequence's tokens (centering) and to scaling them (unit rows); h and target may differ
-    in width, so it compares geometry, not coordinates.
+    with R from `relation_matrix`, applied identically to both sides: h = the teacher's own Δh against the
+    target M Δh / ‖Δh‖ with M = I gives L = 0 and a zero gradient. Invariant to rotating either input (R uses
+    only inner products) and to scaling any token of either (unit rows first); h and target may differ in
+    width, so it compares geometry, not coordinates.
     """
     mask = mask.bool()
     pairs = (mask[:, :, None] & mask[:, None, :]).float()
@@ -91,15 +94,20 @@ def topk_kl_loss(
 ) -> torch.Tensor:
     """v2 output term: KL(teacher ‖ student) over k + 1 buckets, the teacher's top-k tokens and the rest.
 
-    topk_logprobs, topk_ids: `[B, T, k]` from the cache; rest_logmass: `[B, T]` log of the teacher's mass
-    outside them. The student's rest bucket is 1 − Σ_topk p_student. With k = vocab this is the exact KL.
-    Mean over masked positions.
+    topk_logprobs, topk_ids: `[B, T, k]` from the cache, ids in the student's vocabulary (−1: a teacher token
+    the student lacks, whose mass joins the rest bucket; see semalign.teacher.bases.VocabAlignment);
+    rest_logmass: `[B, T]` log of the teacher's mass outside them. The student's rest bucket is
+    1 − Σ p_student over the present top-k ids. With k = vocab this is the exact KL. Mean over masked
+    positions.
     """
+    present = topk_ids >= 0
     student = torch.log_softmax(logits.float(), dim=-1)
-    student_top = student.gather(-1, topk_ids.long())
+    student_top = student.gather(-1, topk_ids.long().clamp(min=0)).masked_fill(~present, -torch.inf)
     student_rest = log_rest(student_top)
-    teacher_top, teacher_rest = topk_logprobs.float(), rest_logmass.float()
-    kl = (teacher_top.exp() * (teacher_top - student_top)).sum(-1) + teacher_rest.exp() * (
-        teacher_rest - student_rest
-    )
+    teacher_top = topk_logprobs.float().masked_fill(~present, -torch.inf)
+    # logsumexp over [rest, -inf, ...] is rest exactly: a fully shared vocabulary keeps the cached bucket
+    absent = topk_logprobs.float().masked_fill(present, -torch.inf)
+    teacher_rest = torch.logsumexp(torch.cat([rest_logmass.float()[..., None], absent], dim=-1), dim=-1)
+    top_terms = torch.where(present, teacher_top.exp() * (teacher_top - student_top), 0.0)
+    kl = top_terms.sum(-1) + teacher_rest.exp() * (teacher_rest - student_rest)
     return kl[mask.bool()].mean()

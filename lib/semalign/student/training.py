@@ -4,7 +4,8 @@ v1 (paper §4.3): all trained layers' adapters together; loss = layer_weight · 
     + output_weight · (1 − cos(z, onehot(y))).
 v2 (newest abstract): shallow to deep, one phase per trained layer, only the frontier layer's adapters
     trainable; loss = layer_weight · relation_geometry(Δh_k, target_k) + output_weight · KL(teacher ‖ student)
-    from the cached top-k. Each phase runs `epochs` epochs.
+    from the cached top-k. The phases share the run's epochs × steps_per_epoch optimizer steps evenly (the
+    shallower phases take the remainder), so v2 costs what v1 costs.
 sft: cross-entropy only, same adapters and data (the task-matched baseline).
 Δh_k = h_k − h_{k−1} is the layer's residual contribution ("before residual addition"). Gradients flow
 through the whole network; only LoRA parameters of the trained layers update.
@@ -22,6 +23,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -48,6 +50,7 @@ from semalign.student.objectives import (
     topk_kl_loss,
 )
 from semalign.teacher.activations import ResidualRecorder
+from semalign.teacher.bases import VocabAlignment
 
 OBJECTIVES = ("v1", "v2", "sft")
 PARALLEL = ("ddp", "fsdp")
@@ -118,13 +121,36 @@ class TrainResult:
     records: list[dict] = field(default_factory=list)
 
 
-def token_tensors(encoded: Encoded) -> dict[str, torch.Tensor]:
-    """The `[N, T]` token tensors of a split that a micro batch takes: input_ids, attention_mask, labels."""
+def token_tensors(encoded: Encoded, vocab: VocabAlignment | None = None) -> dict[str, torch.Tensor]:
+    """The `[N, T]` token tensors of a split that a micro batch takes, input_ids, attention_mask, labels, in
+    the student's token ids: the data is tokenised by the teacher and `vocab` matches the two by token
+    (None: the ids as they are, for a student of the teacher's very vocabulary)."""
+    if vocab is None:
+        return {
+            "input_ids": encoded.input_ids,
+            "attention_mask": encoded.attention_mask,
+            "labels": encoded.labels,
+        }
     return {
-        "input_ids": encoded.input_ids,
+        "input_ids": vocab.student_inputs(encoded.input_ids, encoded.attention_mask),
         "attention_mask": encoded.attention_mask,
-        "labels": encoded.labels,
+        "labels": vocab.student_ids(encoded.labels),
     }
+
+
+@dataclass(frozen=True)
+class StudentIds:
+    """A row source of cached teacher token ids `[N, T, k]` read as student ids (−1: the student lacks the
+    token; `topk_kl_loss` moves its mass into the rest bucket)."""
+
+    rows: Rows
+    vocab: VocabAlignment
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.vocab.student_ids(self.rows[rows])
 
 
 def micro_batch_rows(num_examples: int, size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -309,7 +335,8 @@ def train(
     micro batches and the gradients are averaged (FSDP: reduce-scattered) once per step, on the last micro
     batch, so the update is the one a single process makes on the whole `batch_size` (up to float summation
     order). v2 runs one phase per layer (shallow to deep) with only the frontier's adapters trainable: the
-    optimizer gets only those, and a sharded model gathers the others without gradients.
+    optimizer gets only those, and a sharded model gathers the others without gradients. The phases split
+    the epochs × steps_per_epoch steps evenly (shallower phases take the remainder), one step at least each.
     A non-finite loss, or one above explode_factor × the first step's, stops with the step and term named.
     """
     ranks = ranks or Ranks({})
@@ -325,9 +352,18 @@ def train(
             f"{config.micro_batch_size}, which {ranks.world} processes cannot share evenly; make "
             f"batch_size / micro_batch_size a multiple of {ranks.world} (or start fewer processes)"
         )
-    phases = [[k] for k in sorted(layers)] if config.objective == "v2" else [sorted(layers)]
+    phases = training_phases(config.objective, layers)
+    total = config.epochs * steps_per_epoch
+    if total < len(phases):
+        raise SemalignError(
+            f"v2 trains {len(phases)} frontier layers {sorted(layers)} one at a time but the run has only "
+            f"{total} optimizer step(s); raise train.epochs or the training split, or lower "
+            "pair.frontier_layers"
+        )
+    steps = (micro for epoch in range(config.epochs) for micro in epoch_steps(epoch))
     result, step, first_loss = TrainResult(), 0, None
     for phase, phase_layers in enumerate(phases, start=1):
+        phase_steps = total // len(phases) + (phase <= total % len(phases))
         frontier = [p for k in phase_layers for p in lora_parameters(model, k)]
         for p in model.parameters():
             p.requires_grad_(False)
@@ -337,43 +373,47 @@ def train(
         optimizer = torch.optim.AdamW(frontier, lr=config.lr, weight_decay=config.weight_decay)
         model.train()
         bar = progress(
-            range(config.epochs * steps_per_epoch),
+            range(phase_steps),
             unit="step",
             desc=ranks.tag(f"train {config.objective} phase {phase}/{len(phases)}"),
         )
-        for epoch in range(config.epochs):
-            for micro in epoch_steps(epoch):
-                sums = torch.zeros(len(TERMS), dtype=torch.float64)
-                for i, batch in enumerate(micro):
-                    with _gradient_sync(model, forward, sync=i == len(micro) - 1):
-                        losses = batch_losses(model, batch, phase_layers, config, forward)
-                        for term, value in losses.items():
-                            if not torch.isfinite(value):
-                                raise SemalignError(
-                                    f"step {step + 1}, term {term}: loss is {value.item()}; lower "
-                                    "train.lr (the stores it reads are checked finite and checksummed)"
-                                )
-                        (losses["loss"] * ranks.world / accumulation).backward()
-                    sums += (
-                        torch.tensor([losses[term].item() for term in TERMS], dtype=torch.float64)
-                        / accumulation
-                    )
-                terms = dict(zip(TERMS, ranks.sum_floats(sums).tolist()))
-                torch.nn.utils.clip_grad_norm_(frontier, config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                first_loss = terms["loss"] if first_loss is None else first_loss
-                if terms["loss"] > config.explode_factor * max(first_loss, 1e-8):
-                    raise SemalignError(
-                        f"step {step}: loss {terms['loss']:.4g} exploded (> {config.explode_factor}"
-                        f" × first step's {first_loss:.4g}); lower train.lr"
-                    )
-                result.records.append({"step": step, "phase": phase, "layer": phase_layers[-1], **terms})
-                bar.update(1)
+        for micro in islice(steps, phase_steps):
+            sums = torch.zeros(len(TERMS), dtype=torch.float64)
+            for i, batch in enumerate(micro):
+                with _gradient_sync(model, forward, sync=i == len(micro) - 1):
+                    losses = batch_losses(model, batch, phase_layers, config, forward)
+                    for term, value in losses.items():
+                        if not torch.isfinite(value):
+                            raise SemalignError(
+                                f"step {step + 1}, term {term}: loss is {value.item()}; lower "
+                                "train.lr (the stores it reads are checked finite and checksummed)"
+                            )
+                    (losses["loss"] * ranks.world / accumulation).backward()
+                sums += (
+                    torch.tensor([losses[term].item() for term in TERMS], dtype=torch.float64) / accumulation
+                )
+            terms = dict(zip(TERMS, ranks.sum_floats(sums).tolist()))
+            torch.nn.utils.clip_grad_norm_(frontier, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            first_loss = terms["loss"] if first_loss is None else first_loss
+            if terms["loss"] > config.explode_factor * max(first_loss, 1e-8):
+                raise SemalignError(
+                    f"step {step}: loss {terms['loss']:.4g} exploded (> {config.explode_factor}"
+                    f" × first step's {first_loss:.4g}); lower train.lr"
+                )
+            result.records.append({"step": step, "phase": phase, "layer": phase_layers[-1], **terms})
+            bar.update(1)
         bar.close()
     model.eval()
     return result
+
+
+def training_phases(objective: str, layers: list[int]) -> list[list[int]]:
+    """The student layers trainable in each phase: v2 one frontier layer per phase, shallow to deep; v1 and
+    sft all `layers` in one phase."""
+    return [[k] for k in sorted(layers)] if objective == "v2" else [sorted(layers)]
 
 
 def _data_parallel(model: PeftModel, config: TrainConfig, ranks: Ranks) -> torch.nn.Module:

@@ -11,6 +11,7 @@ from semalign.teacher.attribution import AttributeConfig, layer_scores, plot_lay
 from semalign.teacher.bases import (
     VARIANTS,
     BasesConfig,
+    VocabAlignment,
     align_vocabularies,
     gram,
     inverse_gram,
@@ -29,6 +30,7 @@ __all__ = [
     "ResidualRecorder",
     "TeacherBatch",
     "VARIANTS",
+    "VocabAlignment",
     "align_vocabularies",
     "cache_arrays",
     "gram",

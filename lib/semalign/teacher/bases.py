@@ -1,4 +1,4 @@
-"""Semantic bases (paper §3.1, §4.2) and the vocabulary alignment between teacher and student.
+"""Semantic bases (paper §3.1, §4.2) and the vocabulary alignment between teacher and student (by token).
 
 With logits = W h for an LM head W: [vocab V, d_model D] of full column rank, S = pinv(W): [D, V] gives one
 latent vector per token; the bases array is S transposed, `[V, D]`, rows unit-normalised (the paper
@@ -18,9 +18,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from semalign.errors import SemalignError
@@ -167,13 +169,73 @@ def write_bases(
 
 @dataclass(frozen=True)
 class VocabAlignment:
-    """Token pairs shared by two vocabularies: teacher row `teacher_index[k]` is student row
-    `student_index[k]`."""
+    """Token pairs shared by two vocabularies, in teacher row order: teacher row `teacher_index[k]` is student
+    row `student_index[k]` (the same token string). `teacher_size`, `student_size`: rows of each model."""
 
-    teacher_index: torch.Tensor  # [kept] int64
+    teacher_index: torch.Tensor  # [kept] int64, increasing
     student_index: torch.Tensor  # [kept] int64
-    kept: int
-    identical: bool
+    teacher_size: int
+    student_size: int
+    identical: bool  # the same token at every row: the index-aligned arithmetic applies unchanged
+
+    @property
+    def kept(self) -> int:
+        return len(self.teacher_index)
+
+    @property
+    def share(self) -> float:
+        """Shared tokens over the larger vocabulary."""
+        return self.kept / max(self.teacher_size, self.student_size, 1)
+
+    def teacher_to_student(self) -> torch.Tensor:
+        """`[teacher_size]` int64: the student row of each teacher row's token, −1 where the student lacks
+        it."""
+        table = torch.full((self.teacher_size,), -1, dtype=torch.long)
+        table[self.teacher_index] = self.student_index
+        return table
+
+    @cached_property
+    def _table(self) -> torch.Tensor:
+        return self.teacher_to_student()
+
+    def student_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Teacher token ids (any shape) as student ids, −1 where the student lacks the token; negative
+        entries (the −100 of unsupervised labels) stay as they are. Identical vocabularies: `ids` itself."""
+        if self.identical:
+            return ids
+        return torch.where(ids >= 0, self._table[ids.clamp(min=0).long()].to(ids.dtype), ids)
+
+    def student_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-tokenised `input_ids` `[N, T]` as the student's ids; padding (mask 0) the student lacks
+        becomes id 0, a real token it lacks stops with its id named."""
+        ids = self.student_ids(input_ids)
+        absent = (ids < 0) & attention_mask.bool()
+        if absent.any():
+            raise SemalignError(
+                f"{int(absent.sum())} tokens of the data (teacher id {int(input_ids[absent][0])} first) "
+                "are not in the student's vocabulary, so the student cannot read the teacher-tokenised "
+                "data; pick a student of the teacher's tokenizer family"
+            )
+        return ids.clamp(min=0)
+
+    def save(self, path: str | Path) -> None:
+        """As safetensors: both index columns, the two sizes and `identical`."""
+        save_file(
+            {
+                "teacher_index": self.teacher_index.contiguous(),
+                "student_index": self.student_index.contiguous(),
+                "sizes": torch.tensor([self.teacher_size, self.student_size, int(self.identical)]),
+            },
+            str(path),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> VocabAlignment:
+        tensors = load_file(str(path))
+        teacher_size, student_size, identical = tensors["sizes"].tolist()
+        return cls(
+            tensors["teacher_index"], tensors["student_index"], teacher_size, student_size, bool(identical)
+        )
 
 
 def align_vocabularies(
@@ -181,27 +243,27 @@ def align_vocabularies(
 ) -> VocabAlignment:
     """Pair vocabulary rows by token string (index-aligned when the lists are identical).
 
-    Raises when fewer than `min_overlap` of the larger vocabulary is shared.
+    Raises when fewer than `min_overlap` of the larger vocabulary is shared (param align.min_vocab_overlap).
     """
+    sizes = len(teacher_tokens), len(student_tokens)
     if teacher_tokens == student_tokens:
         index = torch.arange(len(teacher_tokens))
-        return VocabAlignment(index, index.clone(), len(teacher_tokens), True)
+        return VocabAlignment(index, index.clone(), *sizes, True)
     student_row: dict[str, int] = {}
     for row, token in enumerate(student_tokens):
         student_row.setdefault(token, row)
     pairs = [(row, student_row[token]) for row, token in enumerate(teacher_tokens) if token in student_row]
-    overlap = len(pairs) / max(len(teacher_tokens), len(student_tokens), 1)
+    overlap = len(pairs) / max(*sizes, 1)
     if overlap < min_overlap:
         raise SemalignError(
-            f"teacher ({len(teacher_tokens)} tokens) and student ({len(student_tokens)} tokens) share only "
-            f"{len(pairs)} tokens ({overlap:.1%} < min_overlap {min_overlap:.0%}): teacher and student must "
-            f"share "
-            "a tokenizer family; pick a student from the teacher's family or lower min_overlap"
+            f"teacher ({sizes[0]} tokens) and student ({sizes[1]} tokens) share only {len(pairs)} tokens "
+            f"({overlap:.1%} < align.min_vocab_overlap {min_overlap:.0%}): pick a student of the "
+            "teacher's tokenizer family, or lower align.min_vocab_overlap in params.yaml to transfer on the "
+            "shared tokens"
         )
-    teacher_index, student_index = (
-        torch.tensor(column, dtype=torch.long) for column in zip(*pairs, strict=True)
-    )
-    return VocabAlignment(teacher_index, student_index, len(pairs), False)
+    index = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+    teacher_index, student_index = index[:, 0].contiguous(), index[:, 1].contiguous()
+    return VocabAlignment(teacher_index, student_index, *sizes, False)
 
 
 def vocabulary_tokens(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[str]:
