@@ -42,12 +42,8 @@ def eval_prompt(tokenizer: PreTrainedTokenizerBase, item: TaskItem, protocol: st
     return prompt_text(tokenizer, example, chat_template=protocol == "chat")
 
 
-def answer_prefix(protocol: str) -> str:
-    """What precedes an MMLU letter in its scored continuation: " " (lm_eval) or nothing (chat)."""
-    check_protocol(protocol, "the evaluation protocol")
-    return " " if protocol == "lm_eval" else ""
-
-
 def letter_continuations(protocol: str) -> list[str]:
-    """The four scored MMLU continuations: [" A", .., " D"] (lm_eval) or ["A", .., "D"] (chat)."""
-    return [answer_prefix(protocol) + letter for letter in LETTERS]
+    """The four scored MMLU continuations: [" A", .., " D"] (lm_eval: lm-eval's target delimiter " ") or
+    ["A", .., "D"] (chat: the reply's first token)."""
+    check_protocol(protocol, "the evaluation protocol")
+    return [(" " if protocol == "lm_eval" else "") + letter for letter in LETTERS]
