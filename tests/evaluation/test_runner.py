@@ -506,6 +506,9 @@ def test_summary_and_paired_comparison_on_constructed_results():
     # paired differences other - base: 0, -1, 1, 1, 0, 1 (mean 1/3, sample variance 2/3)
     assert comparison["mdd"] == pytest.approx((1.959964 + 0.841621) * (2 / 3) ** 0.5 / 6**0.5, rel=1e-6)
     assert "gold_logprob_diff" not in comparison  # no letter log-probs: not MMLU
+    # no spread (the same answers, or one item): nothing can be said about what the items detect, not "0"
+    assert compare_paired(base, base, iters=10)["mdd"] is None
+    assert compare_paired(base[:1], other[:1], iters=10)["mdd"] is None
     with pytest.raises(SemalignError, match="share no item_id"):
         compare_paired(base, _results([1], prefix="u"))
 
@@ -543,6 +546,7 @@ def test_mmlu_summary_gold_log_prob_letters_and_constant_baseline_against_float6
     shifted = [_mmlu_result(i, list(row + 1.0), gold) for i, (row, gold) in enumerate(zip(logprobs, golds))]
     comparison = compare_paired(results, shifted, iters=500)
     assert comparison["gold_logprob_diff"] == pytest.approx(0.0, abs=1e-12)
+    assert comparison["gold_logprob_mdd"] is None
     assert summarise_results(shifted)["gold_logprob_mean"] == pytest.approx(raw.mean() + 1.0)
     better = [
         _mmlu_result(i, list(row + np.eye(4)[LETTERS.index(gold)] * (0.5 + i)), gold)

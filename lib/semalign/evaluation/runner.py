@@ -645,10 +645,8 @@ def compare_paired(
         "diff": diff,
         "diff_low": low,
         "diff_high": high,
+        "mdd": _detectable([float(y) - float(x) for x, y in zip(a, b)]),
     }
-    if len(pairs) < 2:  # no spread to measure: nothing can be said about what these items detect
-        return compared
-    compared["mdd"] = minimum_detectable_difference([float(y) - float(x) for x, y in zip(a, b)])
     if all("gold" in x.detail and "gold" in y.detail for x, y in pairs):
         base_lp = [gold_logprob(x.detail) for x, _ in pairs]
         other_lp = [gold_logprob(y.detail) for _, y in pairs]
@@ -657,9 +655,18 @@ def compare_paired(
             "gold_logprob_diff": lp_diff,
             "gold_logprob_diff_low": lp_low,
             "gold_logprob_diff_high": lp_high,
-            "gold_logprob_mdd": minimum_detectable_difference([y - x for x, y in zip(base_lp, other_lp)]),
+            "gold_logprob_mdd": _detectable([y - x for x, y in zip(base_lp, other_lp)]),
         }
     return compared
+
+
+def _detectable(differences: list[float]) -> float | None:
+    """minimum_detectable_difference, or None when the differences have no spread to measure (one item, or
+    all equal, e.g. a variant that answers every item as the base does): zero would claim too much."""
+    # 1e-12: equal differences computed in float64 can differ in their last bits
+    if len(differences) < 2 or float(np.ptp(differences)) <= 1e-12:
+        return None
+    return minimum_detectable_difference(differences)
 
 
 def _batched(
