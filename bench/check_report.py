@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from semalign.analysis.cka import cka_matrix, plot_heatmaps
 from semalign.analysis.report import build_sections, render_html
-from semalign.evaluation.table import build_table
+from semalign.evaluation.table import build_tables
 
 PROBE = """<script>
 window.addEventListener('load', () => {
@@ -52,10 +52,12 @@ def demo_report(root: Path) -> Path:
     (root / "metrics").mkdir()
     (root / "metrics/table.json").write_text(
         json.dumps(
-            build_table(
+            build_tables(
                 {
-                    name: {"mmlu": {"accuracy": a, "ci_low": a - 0.1, "ci_high": a + 0.1, "n": 100}}
-                    for name, a in summary.items()
+                    "lm_eval": {
+                        name: {"mmlu": {"accuracy": a, "ci_low": a - 0.1, "ci_high": a + 0.1, "n": 100}}
+                        for name, a in summary.items()
+                    }
                 }
             )
         )

@@ -1,12 +1,13 @@
 """Stage `table`: every metrics/eval/<task>/<variant>.json present -> metrics/table.json and report/table.md
-(paper Table 1: rows student, teacher, methods; columns tasks), with the gap each method closes and its
-paired test against the student from the per-item results in data/eval/."""
+(paper Table 1 per evaluation protocol, lm_eval first: rows student, teacher, methods; columns tasks), with
+the gap each method closes and the paired tests against the student and sft from the per-item results in
+data/eval/<task>/<variant>/<protocol>.jsonl."""
 
 import json
 from pathlib import Path
 
 from semalign.evaluation.runner import read_results
-from semalign.evaluation.table import build_table, render_markdown
+from semalign.evaluation.table import build_tables, render_markdown
 from semalign.files import write_json
 
 
@@ -14,16 +15,20 @@ def main() -> None:
     summaries, results = {}, {}
     for path in sorted(Path("metrics/eval").glob("*/*.json")):
         task, variant = path.parent.name, path.stem
-        summaries.setdefault(variant, {})[task] = json.loads(path.read_text())
-        items = Path("data/eval") / task / f"{variant}.jsonl"
-        if items.is_file():
-            results.setdefault(variant, {})[task] = read_results(items)
-    table = build_table(summaries, results)
+        for protocol, summary in json.loads(path.read_text())["protocols"].items():
+            summaries.setdefault(protocol, {}).setdefault(variant, {})[task] = summary
+            items = Path("data/eval") / task / variant / f"{protocol}.jsonl"
+            if items.is_file():
+                results.setdefault(protocol, {}).setdefault(variant, {})[task] = read_results(items)
+    tables = build_tables(summaries, results)
 
-    write_json(Path("metrics/table.json"), table)
+    write_json(Path("metrics/table.json"), tables)
     Path("report").mkdir(exist_ok=True)
-    Path("report/table.md").write_text(render_markdown(table))
-    print(f"table: {len(table['variants'])} variants x {len(table['tasks'])} tasks")
+    Path("report/table.md").write_text(render_markdown(tables))
+    shapes = ", ".join(
+        f"{p}: {len(t['variants'])} variants x {len(t['tasks'])} tasks" for p, t in tables["tables"].items()
+    )
+    print(f"table: {shapes}")
 
 
 if __name__ == "__main__":

@@ -99,11 +99,14 @@ def test_two_processes_write_what_one_process_writes(single, tmp_path, s3_bucket
     assert json.loads((multi / "metrics/train/mmlu/v1.json").read_text())["processes"] == 2
 
     for task, variant in EVALUATED:
-        path = Path("data/eval") / task / f"{variant}.jsonl"
-        one = {r.item_id: r for r in read_results(single / path)}
-        two = read_results(multi / path)
-        assert len(two) == len(one) > 1 and {r.item_id: r for r in two} == one, task
-        assert not list((multi / path.parent).glob("*.rank*")), "rank files are merged away"
+        folder = Path("data/eval") / task / variant
+        protocols = sorted(path.name for path in (single / folder).glob("*.jsonl"))
+        assert protocols == (["chat.jsonl", "lm_eval.jsonl"] if task == "mmlu" else ["chat.jsonl"])
+        for protocol in protocols:
+            one = {r.item_id: r for r in read_results(single / folder / protocol)}
+            two = read_results(multi / folder / protocol)
+            assert len(two) == len(one) > 1 and {r.item_id: r for r in two} == one, (task, protocol)
+        assert not list((multi / folder).glob("*.rank*")), "rank files are merged away"
         one_metrics, two_metrics = (
             json.loads((repo / "metrics/eval" / task / f"{variant}.json").read_text())
             for repo in (single, multi)
@@ -111,6 +114,7 @@ def test_two_processes_write_what_one_process_writes(single, tmp_path, s3_bucket
         assert {k: two_metrics[k] for k in ("accuracy", "n")} == {
             k: one_metrics[k] for k in ("accuracy", "n")
         }
+        assert two_metrics["protocols"].keys() == one_metrics["protocols"].keys()
 
 
 def specs() -> dict[str, ArraySpec]:
@@ -165,17 +169,17 @@ def test_merge_refuses_results_no_rank_wrote(tmp_path):
     items = [TaskItem("mmlu", f"q{i}", "?", "A", ("a", "b", "c", "d")) for i in range(3)]
     config = EvalConfig()
     path = tmp_path / "student.jsonl"
-    header = results_header("mmlu", config)
+    header = results_header("mmlu", config, "lm_eval")
     for rank, item in enumerate(items[:2]):  # the third item was scored by nobody
         result = ItemResult(item.item_id, True, "A")
         (tmp_path / f"student.jsonl.rank{rank}-of-2").write_text(
             json.dumps({"identity": header}) + "\n" + json.dumps(asdict(result)) + "\n"
         )
     with pytest.raises(SemalignError, match="scored by no rank"):
-        merge_results("mmlu", items, config, path, 2)
+        merge_results("mmlu", items, config, "lm_eval", path, 2)
     assert os.path.exists(tmp_path / "student.jsonl.rank0-of-2"), "nothing is lost when the merge refuses"
     items = items[:2]
-    merged = merge_results("mmlu", items, config, path, 2)
+    merged = merge_results("mmlu", items, config, "lm_eval", path, 2)
     assert [r.item_id for r in merged] == ["q0", "q1"] == [r.item_id for r in read_results(path)]
     assert not list(tmp_path.glob("*.rank*"))
 

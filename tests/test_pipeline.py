@@ -36,7 +36,8 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(repr
     assert {stage for stage in stages if "asdiv" in stage} == EVALUATION_ONLY  # no transfer stage for asdiv
     assert not any("asdiv" in stage for stage in first - EVALUATION_ONLY)
     assert json.loads((project / "metrics/data/asdiv.json").read_text())["evaluation_only"] is True
-    assert json.loads((project / "metrics/eval/asdiv/teacher.json").read_text())["n"] == 2
+    asdiv = json.loads((project / "metrics/eval/asdiv/teacher.json").read_text())
+    assert asdiv["n"] == 2 and {"strict_accuracy", "truncated_share"} <= set(asdiv)
     assert (project / "data/cache/mmlu/training.zarr/manifest.json").is_file()
     assert (project / "data/targets/mmlu/training.zarr/manifest.json").is_file()
     assert all(
@@ -44,18 +45,24 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(repr
     )
     metrics = json.loads((project / "metrics/align/mmlu.json").read_text())
     assert set(metrics["fidelity_mean_over_layers"]["teacher"]) == {"head", "head_normed", "input", "random"}
-    table = json.loads((project / "metrics/table.json").read_text())
-    assert {"student", "teacher", "v1", "sft", "seeking", "laten"} <= set(table["variants"])
+    tables = json.loads((project / "metrics/table.json").read_text())
+    assert tables["protocols"] == ["lm_eval", "chat"]  # MMLU under both; asdiv under chat only
+    headline, chat = tables["tables"]["lm_eval"], tables["tables"]["chat"]
+    assert {"student", "teacher", "v1", "sft", "seeking", "laten"} <= set(headline["variants"])
+    assert set(headline["paired_vs_sft"]) == {"v1", "seeking", "laten"}
+    assert {"gold_logprob_diff", "gold_logprob_mdd", "mdd"} <= set(
+        headline["paired_vs_student"]["v1"]["mmlu"]
+    )
     for method in ("seeking", "laten"):
         assert (project / f"data/adapters/mmlu/{method}/delta.safetensors").is_file()
         layers = json.loads((project / f"metrics/{method}/mmlu.json").read_text())["teacher_layers"]
         assert (
             len(layers) == 3 and layers == sorted(set(layers)) and set(layers) <= {1, 2, 3, 4}
         )  # student depth 3
-        assert table["rows"][method]["mmlu"]["n"] == 4
-    assert table["tasks"] == ["mmlu", "asdiv"]
-    assert set(table["rows"]["teacher"]) == {"mmlu", "asdiv"} and set(table["rows"]["v1"]) == {"mmlu"}
-    assert "asdiv" not in table["gap_closed"]["v1"]
+        assert headline["rows"][method]["mmlu"]["n"] == chat["rows"][method]["mmlu"]["n"] == 4
+    assert headline["tasks"] == ["mmlu"] and chat["tasks"] == ["mmlu", "asdiv"]
+    assert set(chat["rows"]["teacher"]) == {"mmlu", "asdiv"} and set(chat["rows"]["v1"]) == {"mmlu"}
+    assert "asdiv" not in chat["gap_closed"]["v1"]
     cka = json.loads((project / "metrics/cka/mmlu.json").read_text())
     assert cka["depth_map"] == [1, 2, 4] and len(cka["v1_aligned"]["best_teacher_layer"]) == 3
     html = (project / "report/index.html").read_text()
@@ -186,3 +193,5 @@ def test_transfer_stages_run_on_transfer_tasks_and_data_and_evaluation_on_every_
         assert all(tasks[task].get(split, 0) > 0 for split in ("attribution", "alignment", "training")), task
     assert {"asdiv", "humaneval"} <= set(tasks) - set(params["transfer"]["tasks"])
     assert set(params["evaluate"]["limit"]) >= set(tasks)  # each evaluated task has its size chosen
+    assert set(params["evaluate"]["protocol"]) >= set(tasks)  # ... and its protocols
+    assert params["evaluate"]["protocol"]["mmlu"] == ["lm_eval", "chat"]  # the headline is lm-eval's

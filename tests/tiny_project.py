@@ -14,6 +14,7 @@ from semalign.models import save_hf_dir
 from semalign.testing import tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 360
 
 
 def mmlu_rows(count: int) -> str:
@@ -82,13 +83,23 @@ def build_project(repo: Path) -> Path:
     shutil.copy(ROOT / "dvc.yaml", repo)
     shutil.copytree(ROOT / "stages", repo / "stages")
     shutil.copytree(ROOT / "lib", repo / "lib", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    tokenizer = tiny_tokenizer()
+    # 360: the smallest tiny vocabulary in which " A" .. " D" are single tokens (MMLU's lm_eval protocol)
+    tokenizer = tiny_tokenizer(VOCAB)
     save_hf_dir(
-        tiny_model("qwen2", seed=1, num_layers=4, hidden_size=48), tokenizer, repo / "models" / "teacher"
+        tiny_model("qwen2", seed=1, num_layers=4, hidden_size=48, vocab_size=VOCAB),
+        tokenizer,
+        repo / "models" / "teacher",
     )
     save_hf_dir(
         tiny_model(
-            "qwen2", seed=2, num_layers=3, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64
+            "qwen2",
+            seed=2,
+            num_layers=3,
+            hidden_size=32,
+            num_heads=4,
+            num_kv_heads=2,
+            intermediate_size=64,
+            vocab_size=VOCAB,
         ),
         tokenizer,
         repo / "models" / "student",

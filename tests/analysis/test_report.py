@@ -18,7 +18,7 @@ from semalign.analysis.report import (
     stage_seconds,
     store_sizes,
 )
-from semalign.evaluation.table import build_table
+from semalign.evaluation.table import build_tables
 
 PARAMS = {
     "models": {
@@ -51,11 +51,13 @@ def tree(tmp_path):
     _png(tmp_path / "plots/align/mmlu_cross.png", 4, 3)
     _png(tmp_path / "plots/cka/mmlu.png", 6, 5)
     _png(tmp_path / "plots/train/mmlu.png", 3, 2)
-    table = build_table(
+    table = build_tables(
         {
-            "student": {"mmlu": _summary(0.24)},
-            "teacher": {"mmlu": _summary(0.42)},
-            "v1": {"mmlu": _summary(0.33)},
+            "lm_eval": {
+                "student": {"mmlu": _summary(0.24)},
+                "teacher": {"mmlu": _summary(0.42)},
+                "v1": {"mmlu": _summary(0.33)},
+            }
         }
     )
     metrics = tmp_path / "metrics"

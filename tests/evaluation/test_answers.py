@@ -9,7 +9,8 @@ from semalign.errors import SemalignError
 from semalign.evaluation.answers import (
     MMLU_LETTERS,
     extract_code,
-    extract_final_number,
+    extract_last_number,
+    extract_strict_number,
     mmlu_choice,
     numbers_match,
 )
@@ -19,30 +20,32 @@ FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 @pytest.mark.parametrize(
-    "text, expected",
+    "text, strict, last",
     [
-        ("She pays 3 * 4 = 12 dollars.\n#### 1,234", "1234"),
-        ("#### 5 but then the answer is 6", "5"),  # '####' wins over 'the answer is'
-        ("The answer is 6, not 7", "6"),  # 'the answer is' wins over the last number
-        ("So the answer is 42.", "42"),  # sentence full stop is not a decimal point
-        ("The answer is: $3.50", "3.5"),
-        ("The final answer is **18**", "18"),
-        ("the answer is -7", "-7"),
-        ("It drops to \u221212 degrees", "-12"),  # Unicode minus
-        ("First 3 apples, then 4.0 apples", "4"),  # last number; '4.0' -> '4'
-        ("That is 0.50 of it", "0.5"),
-        ("Total: 1,000,000 dollars", "1000000"),
-        ("It costs $.5", "0.5"),
-        ("So the answer is 3/4.", "3/4"),  # fractions are kept as written
-        ("A loss of -3/4", "-3/4"),
-        ("Read pages 3-4", "4"),  # a range dash is not a minus sign
-        ("Step2 needs 5th place", "5"),  # digits glued to a word are not a number
-        ("no number here", None),
-        ("", None),
+        ("She pays 3 * 4 = 12 dollars.\n#### 1,234", "1234", "1234"),
+        ("#### 5 but then the answer is 6", "5", "6"),  # '####' wins over 'the answer is'
+        ("The answer is 6, not 7", "6", "7"),  # strict: 'the answer is'; flexible: the last number
+        ("So the answer is 42.", "42", "42"),  # sentence full stop is not a decimal point
+        ("The answer is: $3.50", "3.5", "3.5"),
+        ("The final answer is **18**", "18", "18"),
+        ("the answer is -7", "-7", "-7"),
+        ("It drops to \u221212 degrees", None, "-12"),  # Unicode minus
+        ("First 3 apples, then 4.0 apples", None, "4"),  # '4.0' -> '4'
+        ("That is 0.50 of it", None, "0.5"),
+        ("Total: 1,000,000 dollars", None, "1000000"),
+        ("It costs $.5", None, "0.5"),
+        ("So the answer is 3/4.", "3/4", "3/4"),  # fractions are kept as written
+        ("A loss of -3/4", None, "-3/4"),
+        ("Read pages 3-4", None, "4"),  # a range dash is not a minus sign
+        ("Step2 needs 5th place", None, "5"),  # digits glued to a word are not a number
+        ("the answer is \u22122", "-2", "-2"),
+        ("no number here", None, None),
+        ("", None, None),
     ],
 )
-def test_extract_final_number(text, expected):
-    assert extract_final_number(text) == expected
+def test_strict_and_flexible_number_extraction(text, strict, last):
+    assert extract_strict_number(text) == strict
+    assert extract_last_number(text) == last
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from semalign.errors import SemalignError
 from semalign.evaluation.metrics import (
     bootstrap_interval,
     mcnemar,
+    minimum_detectable_difference,
     paired_bootstrap,
     pass_at_k,
     summarise,
@@ -123,3 +124,34 @@ def test_summarise_reports_accuracy_with_its_wilson_interval():
     }
     with pytest.raises(SemalignError, match="at least one item"):
         summarise([])
+
+
+def test_minimum_detectable_difference_is_the_textbook_value_and_has_its_power():
+    d = np.array([1.0, -1.0] * 50)  # sd 1.00504 (n - 1), n 100
+    expected = (1.959964 + 0.841621) * d.std(ddof=1) / 10
+    assert minimum_detectable_difference(d) == pytest.approx(expected, rel=1e-6)
+    assert minimum_detectable_difference(d, alpha=0.01, power=0.9) == pytest.approx(
+        (2.575829 + 1.281552) * d.std(ddof=1) / 10, rel=1e-6
+    )
+    # A true paired difference of that size is found by the two-sided test at 5 % about 80 % of the time.
+    rng = np.random.default_rng(0)
+    n, sd = 200, 0.7
+    delta = minimum_detectable_difference(rng.normal(0.0, sd, size=100_000)) * (100_000 / n) ** 0.5
+    samples = rng.normal(delta, sd, size=(4000, n))
+    z = samples.mean(axis=1) / (samples.std(axis=1, ddof=1) / n**0.5)
+    assert np.mean(np.abs(z) > 1.959964) == pytest.approx(0.8, abs=0.025)
+
+
+@pytest.mark.parametrize(
+    "differences, kwargs, message",
+    [
+        ([0.5], {}, "needs >= 2 finite paired differences, got shape \\(1,\\)"),
+        ([0.5, float("nan")], {}, "needs >= 2 finite"),
+        ([[0.5, 1.0]], {}, "got shape \\(1, 2\\)"),
+        ([0.5, 1.0], {"power": 1.0}, "alpha=0.05, power=1.0: both must be strictly between 0 and 1"),
+        ([0.5, 1.0], {"alpha": 0.0}, "alpha=0.0, power=0.8: both must be"),
+    ],
+)
+def test_minimum_detectable_difference_refuses_hostile_input(differences, kwargs, message):
+    with pytest.raises(SemalignError, match=message):
+        minimum_detectable_difference(differences, **kwargs)

@@ -5,21 +5,26 @@ import json
 import runpy
 import sys
 from pathlib import Path
+from statistics import NormalDist
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from peft import LoraConfig, get_peft_model
 
-from semalign.data import encode, format_example, prompt_text, save_split
+from semalign.data import encode, save_split
 from semalign.errors import SemalignError
 from semalign.evaluation import generation, runner
+from semalign.evaluation.generation import Completion
+from semalign.evaluation.prompts import MMLU_DESCRIPTION, MMLU_INSTRUCTION, eval_prompt
 from semalign.evaluation.runner import (
     EvalConfig,
     ItemResult,
     answer_token_ids,
     compare_paired,
     evaluate_task,
+    gold_logprob,
     read_results,
     score_code,
     score_math,
@@ -28,7 +33,7 @@ from semalign.evaluation.runner import (
     summarise_results,
 )
 from semalign.evaluation.sandbox import ExecutionResult
-from semalign.evaluation.table import build_table, render_markdown
+from semalign.evaluation.table import build_table, build_tables, render_markdown
 from semalign.tasks import LETTERS, TaskItem, load_task
 from semalign.testing import tiny_model, tiny_tokenizer
 
@@ -74,7 +79,8 @@ def _math_items(n):
 
 
 class FakeComplete:
-    """Stands in for generation.complete: answers from `answer(prompt)`, counting the prompts it saw."""
+    """Stands in for generation.complete: answers from `answer(prompt, k)` (a text that stopped, or a
+    Completion), counting the prompts it saw."""
 
     def __init__(self, answer, fail_after_calls=None):
         self.answer, self.prompts, self.calls, self.fail_after_calls = answer, [], 0, fail_after_calls
@@ -84,7 +90,6 @@ class FakeComplete:
         model,
         tokenizer,
         prompts,
-        add_special_tokens,
         max_new_tokens,
         stop_ids,
         temperature=0.0,
@@ -94,7 +99,11 @@ class FakeComplete:
             raise KeyboardInterrupt  # the process dies here
         self.calls += 1
         self.prompts += list(prompts)
-        return [[self.answer(prompt, k) for k in range(n_samples)] for prompt in prompts]
+        return [[_completion(self.answer(prompt, k)) for k in range(n_samples)] for prompt in prompts]
+
+
+def _completion(answer):
+    return answer if isinstance(answer, Completion) else Completion(answer, stopped=True)
 
 
 def _asdiv_answer(prompt, _):
@@ -106,16 +115,16 @@ def _asdiv_answer(prompt, _):
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-@pytest.mark.parametrize("chat", [False, True])
-def test_left_padded_batches_score_as_single_unpadded_prompts_in_float64(tokenizer, arch, chat):
+@pytest.mark.parametrize("protocol", ["lm_eval", "chat"])
+def test_left_padded_batches_score_as_single_unpadded_prompts_in_float64(tokenizer, arch, protocol):
     model = tiny_model(arch, vocab_size=VOCAB)
     items = _mmlu_items(6)
-    batched = score_mmlu(model, tokenizer, items, chat, batch_size=4)
+    batched = score_mmlu(model, tokenizer, items, protocol, batch_size=4)
     reference = model.double()
-    letter_ids = answer_token_ids(tokenizer, chat)
+    letter_ids = answer_token_ids(tokenizer, protocol)
     for item, result in zip(items, batched):
-        prompt = prompt_text(tokenizer, format_example(item), chat)
-        ids = torch.tensor([tokenizer(prompt, add_special_tokens=not chat)["input_ids"]])
+        prompt = eval_prompt(tokenizer, item, protocol)
+        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
             expected = torch.log_softmax(reference(input_ids=ids).logits[0, -1], -1)[letter_ids]
         got = torch.tensor([result.detail["logprobs"][letter] for letter in LETTERS], dtype=torch.float64)
@@ -123,17 +132,15 @@ def test_left_padded_batches_score_as_single_unpadded_prompts_in_float64(tokeniz
         assert result.prediction == LETTERS[int(expected.argmax())]
         assert result.correct == (result.prediction == item.answer)
         assert result.detail["letter_mass"] == pytest.approx(float(expected.exp().sum()), abs=1e-5)
-    lengths = {
-        len(tokenizer(prompt_text(tokenizer, format_example(item), chat))["input_ids"]) for item in items
-    }
+    lengths = {len(tokenizer(eval_prompt(tokenizer, item, protocol))["input_ids"]) for item in items}
     assert len(lengths) > 2  # the batches really were padded
 
 
-@pytest.mark.parametrize("chat", [False, True])
-def test_answer_token_is_the_first_supervised_token_of_the_training_target(tokenizer, chat):
+@pytest.mark.parametrize("protocol, chat", [("lm_eval", False), ("chat", True)])
+def test_answer_token_is_the_first_supervised_token_of_the_training_target(tokenizer, protocol, chat):
     items = _mmlu_items(4)
     encoded = encode(items, tokenizer, max_length=128, chat_template=chat)
-    letter_ids = answer_token_ids(tokenizer, chat)
+    letter_ids = answer_token_ids(tokenizer, protocol)
     for row, item in enumerate(items):
         first_target = encoded.input_ids[row][encoded.answer_mask[row]][0]
         assert int(first_target) == letter_ids[LETTERS.index(item.answer)]
@@ -143,7 +150,7 @@ def test_answer_token_is_the_first_supervised_token_of_the_training_target(token
 
 def test_multi_token_answer_letters_are_refused():
     with pytest.raises(SemalignError, match="' B' is 2 tokens"):
-        answer_token_ids(tiny_tokenizer(320), chat_template=False)
+        answer_token_ids(tiny_tokenizer(320), "lm_eval")
 
 
 # Generation
@@ -154,17 +161,18 @@ def test_greedy_completion_is_argmax_decoding_whatever_the_checkpoint_generation
     model.generation_config.do_sample, model.generation_config.temperature = True, 0.3
     model.generation_config.repetition_penalty, model.generation_config.top_k = 5.0, 3
     prompts = ["Question: What is 12 plus 30?\nAnswer:", "def add(a, b):\n"]
-    got = generation.complete(model, tokenizer, prompts, True, max_new_tokens=10, stop_ids=[2])
-    for prompt, (text,) in zip(prompts, got):
-        ids = tokenizer(prompt)["input_ids"]
-        new = []
+    got = generation.complete(model, tokenizer, prompts, max_new_tokens=10, stop_ids=[2])
+    for prompt, (completion,) in zip(prompts, got):
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        new, stopped = [], False
         for _ in range(10):
             with torch.no_grad():
                 token = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
             if token == 2:
+                stopped = True
                 break
             new.append(token)
-        assert text == tokenizer.decode(new, skip_special_tokens=True)
+        assert completion == Completion(tokenizer.decode(new, skip_special_tokens=True), stopped)
 
 
 def test_stop_tokens_include_the_chat_end_of_turn(tokenizer, model):
@@ -191,11 +199,41 @@ def test_math_scoring_extracts_the_final_number_and_cuts_plain_text_at_the_next_
         FakeComplete(lambda prompt, _: answers[int(prompt.split("Alice has ")[1].split()[0])]),
     )
     items = _math_items(4)
-    plain = score_math(None, tiny_tokenizer(), items, False, batch_size=3, max_new_tokens=8)
+    plain = score_math(None, tiny_tokenizer(), items, "lm_eval", batch_size=3, max_new_tokens=8)
     assert [(r.correct, r.prediction) for r in plain] == [(True, "4"), (False, "6"), (True, "6"), (False, "")]
-    assert plain[2].detail["completion"] == answers[2]
-    chat = score_math(None, tiny_tokenizer(), items, True, batch_size=3, max_new_tokens=8)
+    assert [(r.detail["strict_correct"], r.detail["strict"]) for r in plain] == [
+        (True, "4"),
+        (False, "6"),
+        (False, None),  # right by its last number, unmarked: wrong when read strictly
+        (False, None),
+    ]
+    assert plain[2].detail["completion"] == answers[2] and not any(r.detail["truncated"] for r in plain)
+    chat = score_math(None, tiny_tokenizer(), items, "chat", batch_size=3, max_new_tokens=8)
     assert [(r.correct, r.prediction) for r in chat] == [(True, "4"), (False, "6"), (False, "9"), (False, "")]
+
+
+def test_a_math_completion_cut_by_the_token_budget_is_truncated_and_wrong(monkeypatch):
+    answers = {
+        0: Completion("0 + 4 = 4 apples and then 4", stopped=False),  # right number, but cut off
+        1: Completion("1 + 4 = 5\nQuestion: next", stopped=False),  # ended by the plain stop string
+        2: Completion("#### 6", stopped=True),
+        3: Completion("The answer is 7", stopped=False),  # marked and right, but cut off
+    }
+    monkeypatch.setattr(
+        generation,
+        "complete",
+        FakeComplete(lambda prompt, _: answers[int(prompt.split("Alice has ")[1].split()[0])]),
+    )
+    results = score_math(None, tiny_tokenizer(), _math_items(4), "lm_eval", batch_size=4, max_new_tokens=8)
+    assert [r.detail["truncated"] for r in results] == [True, False, False, True]
+    assert [r.correct for r in results] == [False, True, True, False]
+    assert [r.detail["strict_correct"] for r in results] == [False, False, True, False]
+    summary = summarise_results(results)
+    assert summary["accuracy"] == 0.5 and summary["strict_accuracy"] == 0.25
+    assert summary["truncated_share"] == 0.5
+    assert summary["strict_ci_low"] < 0.25 < summary["strict_ci_high"]
+    chat = score_math(None, tiny_tokenizer(), _math_items(4), "chat", batch_size=4, max_new_tokens=8)
+    assert [r.detail["truncated"] for r in chat] == [True, True, False, True]  # no stop strings in chat
 
 
 def test_code_scoring_runs_completions_in_the_sandbox(monkeypatch):
@@ -222,9 +260,9 @@ def test_code_scoring_runs_completions_in_the_sandbox(monkeypatch):
     monkeypatch.setattr(generation, "complete", fake)
     tokenizer = tiny_tokenizer()
     for item in (problem, wrong, mbpp):
-        by_prompt[prompt_text(tokenizer, format_example(item), True)] = completions[item.item_id]
+        by_prompt[eval_prompt(tokenizer, item, "chat")] = completions[item.item_id]
     results = score_code(
-        None, tokenizer, [problem, wrong, mbpp], True, batch_size=2, max_new_tokens=64, timeout_s=5
+        None, tokenizer, [problem, wrong, mbpp], "chat", batch_size=2, max_new_tokens=64, timeout_s=5
     )
     assert [r.correct for r in results] == [True, False, True]
     assert [r.detail["status"] for r in results] == ["passed", "failed", "passed"]
@@ -238,7 +276,7 @@ def test_plain_humaneval_completion_is_cut_before_the_next_top_level_def(monkeyp
     completion = "    return number % 1.0\n\ndef truncate_number(number):\n    return 0\n"
     monkeypatch.setattr(generation, "complete", FakeComplete(lambda prompt, _: completion))
     (result,) = score_code(
-        None, tiny_tokenizer(), [problem], False, batch_size=1, max_new_tokens=64, timeout_s=5
+        None, tiny_tokenizer(), [problem], "lm_eval", batch_size=1, max_new_tokens=64, timeout_s=5
     )
     assert result.correct and result.prediction == "    return number % 1.0\n"
 
@@ -251,7 +289,7 @@ def test_sampled_code_reports_pass_at_k(monkeypatch):
         None,
         tiny_tokenizer(),
         [problem],
-        False,
+        "lm_eval",
         batch_size=1,
         max_new_tokens=64,
         timeout_s=5,
@@ -275,64 +313,73 @@ def test_a_program_the_sandbox_cannot_start_is_not_scored_as_wrong(monkeypatch):
         ],
     )
     with pytest.raises(SemalignError, match="cannot create namespaces"):
-        score_code(None, tiny_tokenizer(), [problem], False, batch_size=1, max_new_tokens=8, timeout_s=5)
+        score_code(None, tiny_tokenizer(), [problem], "lm_eval", batch_size=1, max_new_tokens=8, timeout_s=5)
 
 
 # Resume
 
 
 def test_a_killed_run_resumes_computing_only_the_missing_items(monkeypatch, tmp_path):
-    items, config = _math_items(7), EvalConfig(batch_size=2, chat_template=False)
+    items, config = _math_items(7), EvalConfig(batch_size=2)
     fresh_fake = FakeComplete(_asdiv_answer)
     monkeypatch.setattr(generation, "complete", fresh_fake)
-    fresh = evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, tmp_path / "fresh.jsonl")
+    fresh = evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, "lm_eval", tmp_path / "fresh.jsonl")
     assert len(fresh_fake.prompts) == 7 and [r.correct for r in fresh] == [i % 2 == 0 for i in range(7)]
 
     path = tmp_path / "killed.jsonl"
     monkeypatch.setattr(generation, "complete", FakeComplete(_asdiv_answer, fail_after_calls=2))
     with pytest.raises(KeyboardInterrupt):
-        evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, path)
+        evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, "lm_eval", path)
     assert len(read_results(path)) == 4
     with open(path, "a") as f:
         f.write('{"item_id": "asdiv/00006", "correct": tr')  # killed in the middle of a write
     resumed_fake = FakeComplete(_asdiv_answer)
     monkeypatch.setattr(generation, "complete", resumed_fake)
-    resumed = evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, path)
+    resumed = evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, "lm_eval", path)
     assert len(resumed_fake.prompts) == 3
     assert resumed == fresh
     assert sorted(r.item_id for r in read_results(path)) == [item.item_id for item in items]
 
     again = FakeComplete(_asdiv_answer)
     monkeypatch.setattr(generation, "complete", again)
-    assert evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, path) == fresh and again.calls == 0
-    faster = EvalConfig(batch_size=5, workers=1, timeout_s=1.0, chat_template=False)  # no math result changes
-    assert evaluate_task(None, tiny_tokenizer(), "asdiv", items, faster, path) == fresh and again.calls == 0
+    assert (
+        evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, "lm_eval", path) == fresh
+        and again.calls == 0
+    )
+    faster = EvalConfig(batch_size=5, workers=1, timeout_s=1.0)  # no math result changes
+    assert (
+        evaluate_task(None, tiny_tokenizer(), "asdiv", items, faster, "lm_eval", path) == fresh
+        and again.calls == 0
+    )
     # Other decoding settings or another model: the old results do not count.
     evaluate_task(
         None,
         tiny_tokenizer(),
         "asdiv",
         items,
-        EvalConfig(batch_size=2, max_new_tokens=99, chat_template=False),
+        EvalConfig(batch_size=2, max_new_tokens=99),
+        "lm_eval",
         path,
     )
-    evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, path, identity={"weights_sha256": "other"})
+    evaluate_task(
+        None, tiny_tokenizer(), "asdiv", items, config, "lm_eval", path, identity={"weights_sha256": "other"}
+    )
     assert len(again.prompts) == 14
 
 
 def test_mmlu_resume_counts_model_rows_and_matches_a_fresh_run(tokenizer, model, tmp_path):
-    items, config = _mmlu_items(5), EvalConfig(batch_size=2, chat_template=True)
+    items, config = _mmlu_items(5), EvalConfig(batch_size=2, protocol="chat")
     rows = []
     hook = model.register_forward_pre_hook(
         lambda _, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
     )
     try:
-        fresh = evaluate_task(model, tokenizer, "mmlu", items, config, tmp_path / "fresh.jsonl")
+        fresh = evaluate_task(model, tokenizer, "mmlu", items, config, "chat", tmp_path / "fresh.jsonl")
         lines = (tmp_path / "fresh.jsonl").read_text().splitlines(keepends=True)
         kept = [json.loads(line)["item_id"] for line in lines[1:3]]
         (tmp_path / "partial.jsonl").write_text("".join(lines[:3]) + lines[3][:20])
         rows.clear()
-        resumed = evaluate_task(model, tokenizer, "mmlu", items, config, tmp_path / "partial.jsonl")
+        resumed = evaluate_task(model, tokenizer, "mmlu", items, config, "chat", tmp_path / "partial.jsonl")
     finally:
         hook.remove()
     assert sum(rows) == 3
@@ -347,16 +394,16 @@ def test_mmlu_resume_counts_model_rows_and_matches_a_fresh_run(tokenizer, model,
 
 def test_limit_takes_the_first_items_and_damage_before_the_last_line_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setattr(generation, "complete", FakeComplete(_asdiv_answer))
-    config = EvalConfig(batch_size=4, limit={"asdiv": 3}, chat_template=False)
+    config = EvalConfig(batch_size=4, limit={"asdiv": 3})
     path = tmp_path / "r.jsonl"
-    results = evaluate_task(None, tiny_tokenizer(), "asdiv", _math_items(6), config, path)
+    results = evaluate_task(None, tiny_tokenizer(), "asdiv", _math_items(6), config, "lm_eval", path)
     assert [r.item_id for r in results] == ["asdiv/00000", "asdiv/00001", "asdiv/00002"]
     lines = path.read_text().splitlines(keepends=True)
     path.write_text(lines[0] + "garbage\n" + "".join(lines[1:]))
     with pytest.raises(SemalignError, match="damaged"):
-        evaluate_task(None, tiny_tokenizer(), "asdiv", _math_items(6), config, path)
+        evaluate_task(None, tiny_tokenizer(), "asdiv", _math_items(6), config, "lm_eval", path)
     with pytest.raises(SemalignError, match="got items of task"):
-        evaluate_task(None, tiny_tokenizer(), "mmlu", _math_items(2), config, tmp_path / "x.jsonl")
+        evaluate_task(None, tiny_tokenizer(), "mmlu", _math_items(2), config, "lm_eval", tmp_path / "x.jsonl")
 
 
 def test_config_rejects_greedy_samples_and_unknown_tasks():
@@ -368,34 +415,60 @@ def test_config_rejects_greedy_samples_and_unknown_tasks():
         EvalConfig(batch_size=0)
 
 
+def test_protocols_per_task_or_for_every_task_and_their_errors():
+    assert EvalConfig().protocols("mmlu") == ["lm_eval"]
+    assert EvalConfig(protocol=["chat", "lm_eval"]).protocols("asdiv") == ["chat", "lm_eval"]
+    per_task = EvalConfig(protocol={"mmlu": ["lm_eval", "chat"], "asdiv": "chat"})
+    assert per_task.protocols("mmlu") == ["lm_eval", "chat"] and per_task.protocols("asdiv") == ["chat"]
+    with pytest.raises(SemalignError, match="evaluate.protocol has no entry for humaneval; add humaneval"):
+        per_task.protocols("humaneval")
+    with pytest.raises(
+        SemalignError, match=r"evaluate.protocol.mmlu is 'harness'; use one of \['lm_eval', 'chat'\]"
+    ):
+        EvalConfig(protocol={"mmlu": "harness"})
+    with pytest.raises(SemalignError, match="evaluate.protocol is .'chat', 'chat'.; name each protocol once"):
+        EvalConfig(protocol=["chat", "chat"])
+    with pytest.raises(SemalignError, match="evaluate.protocol has unknown task 'mmlu2'"):
+        EvalConfig(protocol={"mmlu2": "chat"})
+
+
+def test_a_results_file_of_another_protocol_is_started_afresh(monkeypatch, tmp_path):
+    fake = FakeComplete(_asdiv_answer)
+    monkeypatch.setattr(generation, "complete", fake)
+    items, path = _math_items(3), tmp_path / "r.jsonl"
+    evaluate_task(None, tiny_tokenizer(), "asdiv", items, EvalConfig(), "lm_eval", path)
+    evaluate_task(None, tiny_tokenizer(), "asdiv", items, EvalConfig(), "chat", path)
+    assert len(fake.prompts) == 6 and fake.prompts[3].startswith("<|im_start|>user\n")
+    assert not fake.prompts[0].startswith("<|im_start|>")
+
+
 def test_per_task_budgets_reach_generation_and_keep_the_other_tasks_results(monkeypatch, tmp_path):
     budgets = []
 
-    def complete(model, tokenizer, prompts, add_special_tokens, max_new_tokens, stop_ids, *args):
+    def complete(model, tokenizer, prompts, max_new_tokens, stop_ids, *args):
         budgets.append(max_new_tokens)
-        return [[_asdiv_answer(prompt, 0)] for prompt in prompts]
+        return [[_completion(_asdiv_answer(prompt, 0))] for prompt in prompts]
 
     monkeypatch.setattr(generation, "complete", complete)
     items, path = _math_items(3), tmp_path / "asdiv.jsonl"
-    config = EvalConfig(batch_size=4, max_new_tokens={"asdiv": 7, "humaneval": 300}, chat_template=False)
+    config = EvalConfig(batch_size=4, max_new_tokens={"asdiv": 7, "humaneval": 300})
     assert config.new_tokens("asdiv") == 7 and EvalConfig(max_new_tokens=9).new_tokens("mbpp") == 9
-    evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, path)
+    evaluate_task(None, tiny_tokenizer(), "asdiv", items, config, "lm_eval", path)
     assert budgets == [7]
     assert json.loads(path.read_text().splitlines()[0])["identity"]["settings"]["max_new_tokens"] == 7
-    other_code_budget = EvalConfig(
-        batch_size=4, max_new_tokens={"asdiv": 7, "humaneval": 99}, chat_template=False
-    )
-    evaluate_task(None, tiny_tokenizer(), "asdiv", items, other_code_budget, path)
+    other_code_budget = EvalConfig(batch_size=4, max_new_tokens={"asdiv": 7, "humaneval": 99})
+    evaluate_task(None, tiny_tokenizer(), "asdiv", items, other_code_budget, "lm_eval", path)
     assert budgets == [7]  # resumed: HumanEval's budget does not decide ASDiv's results
-    same_as_one_number = EvalConfig(batch_size=4, max_new_tokens=7, chat_template=False)
-    evaluate_task(None, tiny_tokenizer(), "asdiv", items, same_as_one_number, path)
+    same_as_one_number = EvalConfig(batch_size=4, max_new_tokens=7)
+    evaluate_task(None, tiny_tokenizer(), "asdiv", items, same_as_one_number, "lm_eval", path)
     assert budgets == [7]
     evaluate_task(
         None,
         tiny_tokenizer(),
         "asdiv",
         items,
-        EvalConfig(max_new_tokens={"asdiv": 8}, chat_template=False),
+        EvalConfig(max_new_tokens={"asdiv": 8}),
+        "lm_eval",
         path,
     )
     assert budgets == [7, 8]
@@ -430,13 +503,62 @@ def test_summary_and_paired_comparison_on_constructed_results():
     assert comparison["mcnemar_p"] == pytest.approx(0.625)
     assert comparison["diff"] == pytest.approx(1 / 3)
     assert comparison["diff_low"] <= 1 / 3 <= comparison["diff_high"]
-    masses = [
-        ItemResult("m/0", True, "A", {"letter_mass": 0.2}),
-        ItemResult("m/1", False, "B", {"letter_mass": 0.4}),
-    ]
-    assert summarise_results(masses)["letter_mass_mean"] == pytest.approx(0.3)
+    # paired differences other - base: 0, -1, 1, 1, 0, 1 (mean 1/3, sample variance 2/3)
+    assert comparison["mdd"] == pytest.approx((1.959964 + 0.841621) * (2 / 3) ** 0.5 / 6**0.5, rel=1e-6)
+    assert "gold_logprob_diff" not in comparison  # no letter log-probs: not MMLU
+    # no spread (the same answers, or one item): nothing can be said about what the items detect, not "0"
+    assert compare_paired(base, base, iters=10)["mdd"] is None
+    assert compare_paired(base[:1], other[:1], iters=10)["mdd"] is None
     with pytest.raises(SemalignError, match="share no item_id"):
         compare_paired(base, _results([1], prefix="u"))
+
+
+def _mmlu_result(i, logprobs, gold):
+    detail = {
+        "logprobs": dict(zip(LETTERS, logprobs)),
+        "letter_mass": float(sum(np.exp(logprobs))),
+        "gold": gold,
+    }
+    choice = LETTERS[int(np.argmax(logprobs))]
+    return ItemResult(f"mmlu/{i}", choice == gold, choice, detail)
+
+
+def test_mmlu_summary_gold_log_prob_letters_and_constant_baseline_against_float64():
+    rng = np.random.default_rng(0)
+    golds = ["A", "C", "C", "B", "C", "D", "A"]
+    logprobs = np.log(rng.dirichlet(np.ones(5), size=len(golds))[:, :4])  # a 5th outcome: mass < 1
+    results = [_mmlu_result(i, list(row), gold) for i, (row, gold) in enumerate(zip(logprobs, golds))]
+    summary = summarise_results(results)
+    gold_index = [LETTERS.index(g) for g in golds]
+    raw = logprobs[range(len(golds)), gold_index]
+    renorm = raw - np.log(np.exp(logprobs).sum(axis=1))
+    assert summary["gold_logprob_mean"] == pytest.approx(raw.mean(), abs=1e-12)
+    assert summary["gold_logprob_renorm_mean"] == pytest.approx(renorm.mean(), abs=1e-12)
+    assert summary["gold_prob_renorm_mean"] == pytest.approx(np.exp(renorm).mean(), abs=1e-12)
+    assert summary["letter_mass_mean"] == pytest.approx(np.exp(logprobs).sum(axis=1).mean(), abs=1e-12)
+    predicted = [LETTERS[j] for j in logprobs.argmax(axis=1)]
+    assert summary["predicted_letters"] == {letter: predicted.count(letter) for letter in LETTERS}
+    assert summary["constant_baseline"] == {"letter": "C", "accuracy": 3 / 7}
+    assert summary["accuracy"] == sum(p == g for p, g in zip(predicted, golds)) / 7
+
+    # Format learning: every letter log-prob up by the same amount moves the raw gold log-prob and the
+    # letter mass, not the renormalised gold log-prob nor the answer.
+    shifted = [_mmlu_result(i, list(row + 1.0), gold) for i, (row, gold) in enumerate(zip(logprobs, golds))]
+    comparison = compare_paired(results, shifted, iters=500)
+    assert comparison["gold_logprob_diff"] == pytest.approx(0.0, abs=1e-12)
+    assert comparison["gold_logprob_mdd"] is None
+    assert summarise_results(shifted)["gold_logprob_mean"] == pytest.approx(raw.mean() + 1.0)
+    better = [
+        _mmlu_result(i, list(row + np.eye(4)[LETTERS.index(gold)] * (0.5 + i)), gold)
+        for i, (row, gold) in enumerate(zip(logprobs, golds))
+    ]
+    comparison = compare_paired(results, better, iters=500)
+    other_renorm = np.array([gold_logprob(r.detail) for r in better])
+    differences = other_renorm - renorm
+    assert comparison["gold_logprob_diff"] == pytest.approx(differences.mean(), abs=1e-12)
+    assert comparison["gold_logprob_diff_low"] <= differences.mean() <= comparison["gold_logprob_diff_high"]
+    z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)
+    assert comparison["gold_logprob_mdd"] == pytest.approx(z * differences.std(ddof=1) / 7**0.5, rel=1e-9)
 
 
 # Table
@@ -463,6 +585,8 @@ def test_table_orders_rows_computes_gap_closed_and_pairs_methods_with_the_studen
     results = {
         "student": {"mmlu": _results([1, 1, 0, 0, 1, 0])},
         "sft": {"mmlu": _results([1, 0, 1, 1, 1, 1])},
+        "teacher": {"mmlu": _results([1, 1, 1, 1, 1, 1])},
+        "semalign-v1": {"mmlu": _results([0, 0, 1, 1, 1, 1])},
     }
     summaries["teacher"]["humaneval"] = _summary(0.5)
     table = build_table(summaries, results)
@@ -472,13 +596,25 @@ def test_table_orders_rows_computes_gap_closed_and_pairs_methods_with_the_studen
     assert table["gap_closed"]["sft"] == {"mmlu": pytest.approx(0.25)}  # no teacher on mbpp: undefined
     assert table["gap_closed"]["flat"]["mmlu"] == pytest.approx(0.0)
     assert table["paired_vs_student"]["sft"]["mmlu"]["b01"] == 3 and table["paired_vs_student"]["flat"] == {}
+    assert (
+        table["paired_vs_student"]["teacher"]["mmlu"]["b01"],
+        table["paired_vs_student"]["teacher"]["mmlu"]["b10"],
+    ) == (3, 0)
+    # against sft: every method but sft itself; only sft is right on item 0
+    assert set(table["paired_vs_sft"]) == {"flat", "semalign-v1"} and table["paired_vs_sft"]["flat"] == {}
+    assert (
+        table["paired_vs_sft"]["semalign-v1"]["mmlu"]["b01"],
+        table["paired_vs_sft"]["semalign-v1"]["mmlu"]["b10"],
+    ) == (0, 1)
     assert table["rows"]["student"]["mmlu"] == {
         "accuracy": 0.4,
         "ci_low": pytest.approx(0.3),
         "ci_high": pytest.approx(0.5),
         "n": 100,
     }
-    text = render_markdown(table)
+    text = render_markdown(build_tables({"lm_eval": summaries}, {"lm_eval": results}))
+    assert text.startswith("# Results, lm_eval protocol (headline)")
+    assert "## Paired on items against sft, lm_eval protocol (headline)" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert rows[1].startswith("| student | 0.400 [0.300, 0.500] (100) | — | 0.300 [0.200, 0.400] (100) |")
     assert [row.split(" | ")[0] for row in rows[1:6]] == [
@@ -488,7 +624,7 @@ def test_table_orders_rows_computes_gap_closed_and_pairs_methods_with_the_studen
         "| semalign-v1",
         "| sft",
     ]
-    assert "| sft | mmlu | 6 | +0.333" in text and "| 0.625 |" in text
+    assert "| sft | mmlu | 6 | +0.333" in text and "| 3 / 1 | 0.625 |" in text
     gaps = build_table(
         {"student": {"mmlu": _summary(0.4)}, "teacher": {"mmlu": _summary(0.4)}, "m": {"mmlu": _summary(0.5)}}
     )
@@ -512,7 +648,7 @@ def test_an_evaluation_only_task_has_base_rows_and_no_method_cells():
     assert table["rows"]["v1"] == {
         "mmlu": {"accuracy": 0.6, "ci_low": pytest.approx(0.5), "ci_high": pytest.approx(0.7), "n": 100}
     }
-    lines = render_markdown(table).splitlines()
+    lines = render_markdown(build_tables({"chat": summaries}, {"chat": results})).splitlines()
     assert (
         "| teacher | 0.800 [0.700, 0.900] (100) | 0.500 [0.400, 0.600] (30) | 0.300 [0.200, 0.400] (10) |"
         in lines
@@ -532,7 +668,11 @@ def _project(root, tokenizer, model):
         tokenizer.save_pretrained(root / "data/models" / role)
     items = _mmlu_items(5)
     save_split(root / "data/tasks/mmlu", "evaluation", encode(items, tokenizer, 128, True), items)
-    params = {"data": {"chat_template": True}, "evaluate": {"batch_size": 2, "limit": {"mmlu": 4}}}
+    protocol = {"mmlu": ["lm_eval", "chat"]}
+    params = {
+        "data": {"chat_template": True},
+        "evaluate": {"batch_size": 2, "limit": {"mmlu": 4}, "protocol": protocol},
+    }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -557,16 +697,39 @@ def test_evaluate_and_table_stages_end_to_end(tokenizer, model, tmp_path, monkey
     for variant in ("student", "teacher", "semalign-v1"):
         _run_stage(monkeypatch, "evaluate.py", "--task", "mmlu", "--variant", variant)
     metrics = json.loads(Path("metrics/eval/mmlu/student.json").read_text())
-    assert metrics["n"] == 4 and metrics["protocol"]["answer_tokens"] == list(LETTERS)
-    assert 0 < metrics["letter_mass_mean"] < 1
-    assert metrics["protocol"]["example_prompt"].endswith("<|im_start|>assistant\n")
-    student = read_results("data/eval/mmlu/student.jsonl")
-    adapted = read_results("data/eval/mmlu/semalign-v1.jsonl")
-    assert len(adapted) == 4
-    assert [r.detail["logprobs"] for r in adapted] != [r.detail["logprobs"] for r in student]
+    # the headline (first) protocol at the top level, every protocol under "protocols"
+    assert metrics["n"] == 4 and metrics["protocol"]["answer_tokens"] == [" " + letter for letter in LETTERS]
+    assert metrics["accuracy"] == metrics["protocols"]["lm_eval"]["accuracy"]
+    lm_eval_prompt = metrics["protocol"]["example_prompt"]
+    assert lm_eval_prompt.startswith(MMLU_DESCRIPTION) and lm_eval_prompt.endswith("\nAnswer:")
+    assert "<|im_start|>" not in lm_eval_prompt  # whatever data.chat_template says
+    chat = metrics["protocols"]["chat"]
+    assert chat["protocol"]["answer_tokens"] == list(LETTERS)
+    assert chat["protocol"]["example_prompt"].endswith(
+        f"{MMLU_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    for summary in (metrics, chat):
+        assert 0 < summary["letter_mass_mean"] < 1 and sum(summary["predicted_letters"].values()) == 4
+        assert summary["gold_logprob_renorm_mean"] < 0 and summary["constant_baseline"]["accuracy"] >= 0.25
+    for protocol in ("lm_eval", "chat"):
+        student = read_results(f"data/eval/mmlu/student/{protocol}.jsonl")
+        adapted = read_results(f"data/eval/mmlu/semalign-v1/{protocol}.jsonl")
+        assert len(adapted) == 4
+        assert [r.detail["logprobs"] for r in adapted] != [r.detail["logprobs"] for r in student]
 
     _run_stage(monkeypatch, "table.py")
-    table = json.loads(Path("metrics/table.json").read_text())
-    assert table["variants"] == ["student", "teacher", "semalign-v1"]
-    assert table["paired_vs_student"]["semalign-v1"]["mmlu"]["n"] == 4
-    assert Path("report/table.md").read_text().startswith("# Results")
+    tables = json.loads(Path("metrics/table.json").read_text())
+    assert tables["protocols"] == ["lm_eval", "chat"]
+    for table in tables["tables"].values():
+        assert table["variants"] == ["student", "teacher", "semalign-v1"]
+        assert set(table["paired_vs_student"]) == {"teacher", "semalign-v1"}
+        assert table["paired_vs_student"]["semalign-v1"]["mmlu"]["n"] == 4
+        assert table["paired_vs_sft"] == {}  # no sft run
+        assert "gold_logprob_mdd" in table["paired_vs_student"]["teacher"]["mmlu"]
+    markdown = Path("report/table.md").read_text()
+    assert markdown.startswith("# Results, lm_eval protocol (headline)")
+    assert markdown.index("## mmlu: gold log-prob") < markdown.index("## Results, chat protocol")
+
+    Path("params.yaml").write_text(yaml.safe_dump({"evaluate": {"chat_template": True}}))
+    with pytest.raises(SemalignError, match=r"unknown key\(s\) \['chat_template'\]"):
+        _run_stage(monkeypatch, "evaluate.py", "--task", "mmlu", "--variant", "student")

@@ -1,9 +1,9 @@
 """Turning model outputs into answers: the final number of a worked solution, an MMLU letter, runnable code.
 
-Numbers: `extract_final_number` returns the text of one number, normalised as task golds are
-(`semalign.tasks.normalize_number`: no commas or '$', '3.0' -> '3', '-0.50' -> '-0.5'). A fraction 'a/b' is
-kept as written (sign included, e.g. '-3/4'), not converted to a decimal that would need rounding;
-`numbers_match` compares values exactly, so '3/4' matches '0.75'.
+Numbers: `extract_strict_number` (the marked answer) and `extract_last_number` return the text of one
+number, normalised as task golds are (`semalign.tasks.normalize_number`: no commas or '$', '3.0' -> '3',
+'-0.50' -> '-0.5'). A fraction 'a/b' is kept as written (sign included, e.g. '-3/4'), not converted to
+a decimal that would need rounding; `numbers_match` compares values exactly, so '3/4' matches '0.75'.
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ from semalign.errors import SemalignError
 from semalign.tasks import LETTERS as MMLU_LETTERS
 from semalign.tasks import normalize_number
 
-__all__ = ["MMLU_LETTERS", "extract_code", "extract_final_number", "mmlu_choice", "numbers_match"]
+__all__ = [
+    "MMLU_LETTERS",
+    "extract_code",
+    "extract_last_number",
+    "extract_strict_number",
+    "mmlu_choice",
+    "numbers_match",
+]
 
 TOLERANCE = 1e-6
 # A number starts where no word or number does: "Step2" holds none, and "-" after a digit is a hyphen
@@ -31,15 +38,20 @@ _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = ("", "python", "python3", "py")
 
 
-def extract_final_number(text: str) -> str | None:
-    """The answer of a GSM8K-style solution: the number after the last '####', else after the last
-    'the answer is', else the last number anywhere; None if the text has no number."""
-    text = text.replace("\u2212", "-")  # Unicode minus, as some tokenisers write it
+def extract_strict_number(text: str) -> str | None:
+    """The marked answer of a GSM8K-style solution: the number after the last '####', else after the last
+    'the answer is'; None if the text marks none (lm-eval's gsm8k "strict-match")."""
+    text = _unicode_minus(text)
     for pattern in (_MARKED, _STATED):
         found = pattern.findall(text)
         if found:
             return _normalise(found[-1])
-    found = _ANY.findall(text)
+    return None
+
+
+def extract_last_number(text: str) -> str | None:
+    """The last number anywhere in the text; None if it has none (lm-eval's gsm8k "flexible-extract")."""
+    found = _ANY.findall(_unicode_minus(text))
     return _normalise(found[-1]) if found else None
 
 
@@ -80,6 +92,10 @@ def extract_code(completion: str, entry_point: str | None = None) -> str:
     if entry_point is not None and re.search(rf"^def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
         return "\n" + code
     return code
+
+
+def _unicode_minus(text: str) -> str:
+    return text.replace("\u2212", "-")  # Unicode minus, as some tokenisers write it
 
 
 def _normalise(number: str) -> str:

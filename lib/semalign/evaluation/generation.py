@@ -9,6 +9,7 @@ unset ones from the checkpoint's generation_config (Qwen instruct: sampling at 0
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -54,18 +55,27 @@ def next_token_logprobs(model: PreTrainedModel, rows: Sequence[Sequence[int]], p
     return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
+@dataclass(frozen=True)
+class Completion:
+    """A completion's text, cut before its stop token, and whether a stop token ended it (False: it ran
+    into max_new_tokens)."""
+
+    text: str
+    stopped: bool
+
+
 @torch.no_grad()
 def complete(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
-    add_special_tokens: bool,
     max_new_tokens: int,
     stop_ids: Sequence[int],
     temperature: float = 0.0,
     n_samples: int = 1,
-) -> list[list[str]]:
-    """Completions [prompts][n_samples] of each prompt, each cut before its first stop token.
+) -> list[list[Completion]]:
+    """Completions [prompts][n_samples] of each prompt, each cut before its first stop token. Prompts are
+    tokenised without special tokens: lm-eval's HFLM adds none, and chat prompts hold the template's own.
 
     temperature 0 decodes greedily (n_samples must be 1); above 0 it samples from the full distribution
     (top_k 0, top_p 1). Torch's global RNG drives sampling: seed it before the call.
@@ -75,7 +85,7 @@ def complete(
             f"n_samples={n_samples} greedy completions would all be the same; set temperature > 0"
         )
     pad_id = pad_id_of(tokenizer)
-    rows = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+    rows = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     input_ids, attention_mask = left_pad(rows, pad_id)
     # Greedy search ignores the sampling knobs, so they are only pinned when sampling.
     sampling = (
@@ -109,9 +119,9 @@ def complete(
     )
     new_tokens = output[:, input_ids.shape[1] :].cpu().tolist()
     stops = set(stop_ids)
-    texts = []
+    completions = []
     for ids in new_tokens:
-        end = next((i for i, token in enumerate(ids) if token in stops), len(ids))
-        texts.append(tokenizer.decode(ids[:end], skip_special_tokens=True))
+        end = next((i for i, token in enumerate(ids) if token in stops), None)
+        completions.append(Completion(tokenizer.decode(ids[:end], skip_special_tokens=True), end is not None))
     # generate() returns the samples of one prompt next to each other.
-    return [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(prompts))]
+    return [completions[i * n_samples : (i + 1) * n_samples] for i in range(len(prompts))]

@@ -89,6 +89,27 @@ def paired_bootstrap(
     )
 
 
+def minimum_detectable_difference(
+    paired_differences: Sequence[float], alpha: float = 0.05, power: float = 0.8
+) -> float:
+    """The smallest mean paired difference a two-sided test at level `alpha` detects with probability
+    `power` on this many items, from the observed spread of `paired_differences: [items]` (any metric:
+    accuracy 0/1 outcomes, log-probs, KL): (z_{1-alpha/2} + z_{power}) * sd(d) / sqrt(n), normal
+    approximation, sd with n - 1 degrees of freedom."""
+    d = np.asarray(paired_differences, dtype=np.float64)
+    if d.ndim != 1 or d.size < 2 or not np.isfinite(d).all():
+        raise SemalignError(
+            f"minimum_detectable_difference needs >= 2 finite paired differences, got shape {d.shape}; "
+            "score at least two items with both systems"
+        )
+    if not (0 < alpha < 1 and 0 < power < 1):
+        raise SemalignError(
+            f"alpha={alpha}, power={power}: both must be strictly between 0 and 1, e.g. 0.05 and 0.8"
+        )
+    z = _z(1 - alpha) + NormalDist().inv_cdf(power)
+    return float(z * d.std(ddof=1) / math.sqrt(d.size))
+
+
 def summarise(correct: Sequence[bool]) -> dict[str, float | int]:
     """{n, accuracy, ci_low, ci_high} with a 95% Wilson interval."""
     n, hits = len(correct), sum(bool(x) for x in correct)

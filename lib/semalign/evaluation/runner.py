@@ -1,10 +1,11 @@
 """Scoring a model on a task's evaluation items (paper §5.1), resumably, and summarising the outcome.
 
-Every task reads the prompt the training data uses (`semalign.data.prompt_text`), zero-shot:
+Every task is scored zero-shot under a named protocol (`semalign.evaluation.prompts`: `lm_eval`, plain
+text as in lm-evaluation-harness, or `chat`), whatever format training used:
 - MMLU: the next-token log-probs of the four answer letters right after the prompt; the highest wins.
-  The letter is the first token of the training target: " A" after "Answer:" in plain text (as in
-  lm-eval-harness), "A" at the start of the assistant reply in chat mode.
-- GSM8K / ASDiv: a greedy completion; its final number (`extract_final_number`) against the gold.
+  The letter is " A" after "Answer:" (lm_eval) or "A" at the start of the assistant reply (chat).
+- GSM8K / ASDiv: a greedy completion, read strictly ("#### n" / "the answer is n") and flexibly (its last
+  number); `correct` is the flexible reading. A completion cut by max_new_tokens is truncated and wrong.
 - HumanEval / MBPP: greedy (or sampled) completions; the code in them runs against the task's tests in
   the sandbox. HumanEval programs are the raw task prompt + the extracted code, as in the official harness.
 Plain-text prompts have no end of turn to stop at, so completions are also cut at the usual stop strings.
@@ -24,18 +25,33 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from semalign.data import end_of_turn, format_example, prompt_text
+from semalign.data import end_of_turn
 from semalign.distributed import Ranks, Shard
 from semalign.errors import SemalignError
 from semalign.evaluation import generation
-from semalign.evaluation.answers import extract_code, extract_final_number, mmlu_choice, numbers_match
-from semalign.evaluation.metrics import mcnemar, paired_bootstrap, pass_at_k, summarise
+from semalign.evaluation.answers import (
+    extract_code,
+    extract_last_number,
+    extract_strict_number,
+    mmlu_choice,
+    numbers_match,
+)
+from semalign.evaluation.metrics import (
+    mcnemar,
+    minimum_detectable_difference,
+    paired_bootstrap,
+    pass_at_k,
+    summarise,
+    wilson_interval,
+)
+from semalign.evaluation.prompts import check_protocol, eval_prompt, letter_continuations
 from semalign.evaluation.sandbox import humaneval_program, mbpp_program, run_many
 from semalign.progress import progress
-from semalign.tasks import LETTERS, TASKS, TaskItem
+from semalign.tasks import LETTERS, TASKS
 
 MATH_TASKS = ("gsm8k", "asdiv")
 CODE_TASKS = ("humaneval", "mbpp")
@@ -47,16 +63,13 @@ PLAIN_STOPS = {
     "humaneval": ("\nclass", "\ndef", "\n#", "\nif", "\nprint"),
     "mbpp": ("\nassert", "\nprint(", "\nif __name__"),
 }
-# The settings an item's result depends on, per task; the others (batch_size, limit, workers) decide only
-# which items are scored or how fast, so changing them keeps a results file valid.
+# The settings an item's result depends on besides its protocol, per task; the others (batch_size, limit,
+# workers) decide only which items are scored or how fast, so changing them keeps a results file valid.
 _RESULT_SETTINGS = {
-    "mmlu": ("chat_template",),
-    **dict.fromkeys(MATH_TASKS, ("chat_template", "max_new_tokens")),
-    **dict.fromkeys(
-        CODE_TASKS, ("chat_template", "max_new_tokens", "timeout_s", "n_samples", "temperature", "seed")
-    ),
+    "mmlu": (),
+    **dict.fromkeys(MATH_TASKS, ("max_new_tokens",)),
+    **dict.fromkeys(CODE_TASKS, ("max_new_tokens", "timeout_s", "n_samples", "temperature", "seed")),
 }
-_MMLU_PROBE = TaskItem("mmlu", "probe", "?", "A", ("", "", "", ""))
 
 
 @dataclass(frozen=True)
@@ -69,9 +82,9 @@ class EvalConfig:
     problem and their sampling temperature (1 and 0: greedy pass@1; n > 1 needs temperature > 0 and adds
     pass@k); math is always greedy. limit: items per task, the first ones of the evaluation split ({"mmlu":
     300}; a missing task
-    or None: all). chat_template: prompts in the chat template (the stage takes it from data.chat_template,
-    so evaluation reads the prompts training wrote). workers: sandbox processes in parallel. seed: of torch's
-    RNG for sampling.
+    or None: all). protocol: the prompt protocols scored (`prompts.PROTOCOLS`), one name or a list for every
+    task, or per task ({"mmlu": ["lm_eval", "chat"], "asdiv": "chat"}); the first of a task's list is its
+    headline. workers: sandbox processes in parallel. seed: of torch's RNG for sampling.
     """
 
     batch_size: int = 8
@@ -80,7 +93,7 @@ class EvalConfig:
     n_samples: int = 1
     temperature: float = 0.0
     limit: dict[str, int | None] | None = None
-    chat_template: bool = True
+    protocol: str | list[str] | dict[str, str | list[str]] = "lm_eval"
     workers: int = 2
     seed: int = 0
 
@@ -117,6 +130,28 @@ class EvalConfig:
                 raise SemalignError(
                     f"evaluate.limit.{task} is {count!r}; use an integer >= 1 or null for all"
                 )
+        by_task = self.protocol if isinstance(self.protocol, dict) else {None: self.protocol}
+        for task, names in by_task.items():
+            where = "evaluate.protocol" + (f".{task}" if task else "")
+            if task is not None and task not in TASKS:
+                raise SemalignError(
+                    f"evaluate.protocol has unknown task {task!r}; known tasks are {list(TASKS)}"
+                )
+            listed = names if isinstance(names, list) else [names]
+            if not listed or len(set(listed)) != len(listed):
+                raise SemalignError(f"{where} is {names!r}; name each protocol once, e.g. [lm_eval, chat]")
+            for name in listed:
+                check_protocol(name, where)
+
+    def protocols(self, task: str) -> list[str]:
+        """The protocols `task` is scored under, headline first."""
+        if isinstance(self.protocol, dict) and task not in self.protocol:
+            raise SemalignError(
+                f"evaluate.protocol has no entry for {task}; add {task}: lm_eval (or chat) to it "
+                "or give one protocol for every task"
+            )
+        names = self.protocol[task] if isinstance(self.protocol, dict) else self.protocol
+        return names if isinstance(names, list) else [names]
 
     def new_tokens(self, task: str) -> int:
         """The completion budget of `task`: max_new_tokens, or its entry when given per task."""
@@ -145,17 +180,16 @@ OnBatch = Callable[[list[ItemResult]], None]
 _FIELDS = {"item_id", "correct", "prediction", "detail"}
 
 
-def answer_token_ids(tokenizer: PreTrainedTokenizerBase, chat_template: bool) -> list[int]:
-    """Token ids of the MMLU answers A-D as the first target token: " A".. in plain text, "A".. in chat."""
-    sep = "" if chat_template else format_example(_MMLU_PROBE).sep
+def answer_token_ids(tokenizer: PreTrainedTokenizerBase, protocol: str) -> list[int]:
+    """Token ids of the MMLU answers A-D as scored continuations: " A".. (lm_eval), "A".. (chat)."""
     ids = []
-    for letter in LETTERS:
-        tokens = tokenizer(sep + letter, add_special_tokens=False)["input_ids"]
+    for continuation in letter_continuations(protocol):
+        tokens = tokenizer(continuation, add_special_tokens=False)["input_ids"]
         if len(tokens) != 1:
             raise SemalignError(
-                f"MMLU answer {sep + letter!r} is {len(tokens)} tokens {tokens} under this tokenizer; "
+                f"MMLU answer {continuation!r} is {len(tokens)} tokens {tokens} under this tokenizer; "
                 "next-token scoring needs one token per letter: use a tokenizer that has it "
-                "or flip data.chat_template"
+                "or another evaluate.protocol for mmlu"
             )
         ids.append(tokens[0])
     return ids
@@ -165,16 +199,17 @@ def score_mmlu(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     items: Sequence,
-    chat_template: bool,
+    protocol: str,
     batch_size: int,
     on_batch: OnBatch | None = None,
     shard: Shard = Shard(),
 ) -> list[ItemResult]:
     """Zero-shot MMLU: the letter with the highest next-token log-prob after the prompt."""
-    letter_ids = answer_token_ids(tokenizer, chat_template)
+    letter_ids = answer_token_ids(tokenizer, protocol)
     pad_id = generation.pad_id_of(tokenizer)
-    prompts = [prompt_text(tokenizer, format_example(item), chat_template) for item in items]
-    rows = tokenizer(prompts, add_special_tokens=not chat_template)["input_ids"] if prompts else []
+    prompts = [eval_prompt(tokenizer, item, protocol) for item in items]
+    # No special tokens: lm-eval's HFLM adds none, and a chat prompt already holds the template's own.
+    rows = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
 
     def score(batch: list[int]) -> list[ItemResult]:
         logprobs = generation.next_token_logprobs(model, [rows[i] for i in batch], pad_id)[:, letter_ids]
@@ -188,7 +223,11 @@ def score_mmlu(
                     items[i].item_id,
                     choice == items[i].answer,
                     choice,
-                    {"logprobs": dict(zip(LETTERS, letter_logprobs)), "letter_mass": mass},
+                    {
+                        "logprobs": dict(zip(LETTERS, letter_logprobs)),
+                        "letter_mass": mass,
+                        "gold": items[i].answer,
+                    },
                 )
             )
         return results
@@ -200,30 +239,40 @@ def score_math(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     items: Sequence,
-    chat_template: bool,
+    protocol: str,
     batch_size: int,
     max_new_tokens: int,
     on_batch: OnBatch | None = None,
     shard: Shard = Shard(),
 ) -> list[ItemResult]:
-    """Greedy worked answers; right when their final number equals the gold answer."""
-    prompts = [prompt_text(tokenizer, format_example(item), chat_template) for item in items]
-    stop_ids = stop_token_ids(model, tokenizer, chat_template)
+    """Greedy worked answers, right when their last number (flexible; detail["strict"]: the marked "#### n"
+    or "the answer is n") equals the gold answer. A completion cut by max_new_tokens before it stopped is
+    flagged truncated and wrong under both readings: its last number is not its answer."""
+    prompts = [eval_prompt(tokenizer, item, protocol) for item in items]
+    stop_ids = stop_token_ids(model, tokenizer, protocol == "chat")
 
     def score(batch: list[int]) -> list[ItemResult]:
         completions = generation.complete(
-            model, tokenizer, [prompts[i] for i in batch], not chat_template, max_new_tokens, stop_ids
+            model, tokenizer, [prompts[i] for i in batch], max_new_tokens, stop_ids
         )
         results = []
         for i, (completion,) in zip(batch, completions):
-            answer = _cut(completion, () if chat_template else PLAIN_STOPS[items[i].task])
-            number = extract_final_number(answer)
+            stops = PLAIN_STOPS[items[i].task] if protocol == "lm_eval" else ()
+            answer = _cut(completion.text, stops)
+            truncated = not completion.stopped and answer == completion.text
+            flexible, strict = extract_last_number(answer), extract_strict_number(answer)
+            gold = items[i].answer
             results.append(
                 ItemResult(
                     items[i].item_id,
-                    numbers_match(number, items[i].answer),
-                    number or "",
-                    {"completion": completion},
+                    not truncated and numbers_match(flexible, gold),
+                    flexible or "",
+                    {
+                        "completion": completion.text,
+                        "truncated": truncated,
+                        "strict": strict,
+                        "strict_correct": not truncated and numbers_match(strict, gold),
+                    },
                 )
             )
         return results
@@ -237,7 +286,7 @@ def score_code(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     items: Sequence,
-    chat_template: bool,
+    protocol: str,
     batch_size: int,
     max_new_tokens: int,
     timeout_s: float,
@@ -249,15 +298,14 @@ def score_code(
 ) -> list[ItemResult]:
     """HumanEval / MBPP completions run against their tests. `correct` is the first sample's outcome (greedy:
     pass@1); with n_samples > 1, detail["samples"] and detail["passed"] feed pass@k."""
-    prompts = [prompt_text(tokenizer, format_example(item), chat_template) for item in items]
-    stop_ids = stop_token_ids(model, tokenizer, chat_template)
+    prompts = [eval_prompt(tokenizer, item, protocol) for item in items]
+    stop_ids = stop_token_ids(model, tokenizer, protocol == "chat")
 
     def score(batch: list[int]) -> list[ItemResult]:
         completions = generation.complete(
             model,
             tokenizer,
             [prompts[i] for i in batch],
-            not chat_template,
             max_new_tokens,
             stop_ids,
             temperature,
@@ -267,7 +315,7 @@ def score_code(
         for i, samples in zip(batch, completions):
             item = items[i]
             for completion in samples:
-                text = _cut(completion, () if chat_template else PLAIN_STOPS[item.task])
+                text = _cut(completion.text, PLAIN_STOPS[item.task] if protocol == "lm_eval" else ())
                 if item.task == "humaneval":
                     code = extract_code(text, item.entry_point)
                     programs.append(humaneval_program(item.question, code, item.test, item.entry_point))
@@ -284,7 +332,7 @@ def score_code(
         for k, (i, samples) in enumerate(zip(batch, completions)):
             runs_i = runs[k * n_samples : (k + 1) * n_samples]
             detail = {
-                "completion": samples[0],
+                "completion": samples[0].text,
                 "status": runs_i[0].status,
                 "stderr_tail": runs_i[0].stderr_tail[-1000:],
             }
@@ -292,7 +340,7 @@ def score_code(
                 detail |= {
                     "samples": n_samples,
                     "passed": sum(run.passed for run in runs_i),
-                    "completions": samples,
+                    "completions": [sample.text for sample in samples],
                     "statuses": [run.status for run in runs_i],
                 }
             results.append(ItemResult(items[i].item_id, runs_i[0].passed, codes[k * n_samples], detail))
@@ -309,20 +357,22 @@ def evaluate_task(
     task: str,
     items: Sequence,
     config: EvalConfig,
+    protocol: str,
     results_path: str | Path,
     identity: dict[str, Any] | None = None,
     ranks: Ranks | None = None,
 ) -> list[ItemResult]:
-    """Score the first `config.limit[task]` items, resuming from `results_path`; results in item order.
+    """Score the first `config.limit[task]` items under `protocol`, resuming from `results_path`; results in
+    item order.
 
-    identity: what else determines the results (e.g. the weights' hash); with the task and the decoding
-    settings it forms the file's header, and a file written under another header is started afresh.
+    identity: what else determines the results (e.g. the weights' hash); with the task, the protocol and the
+    decoding settings it forms the file's header, and a file written under another header is started afresh.
     ranks: under torchrun, this process scores its share of the batches into its own file next to
     `results_path` and returns its results only; rank 0 then calls `merge_results`. Greedy results are
     identical to one process's; sampled ones (temperature > 0) draw from each rank's random stream.
     """
     items = _limited(task, items, config)
-    header = results_header(task, config, identity)
+    header = results_header(task, config, protocol, identity)
     path = Path(results_path)
     shard = ranks.shard if ranks is not None else Shard()
     if shard.world == 1:
@@ -343,13 +393,13 @@ def evaluate_task(
 
         torch.manual_seed(config.seed)
         if task == "mmlu":
-            score_mmlu(model, tokenizer, pending, config.chat_template, config.batch_size, append, shard)
+            score_mmlu(model, tokenizer, pending, protocol, config.batch_size, append, shard)
         elif task in MATH_TASKS:
             score_math(
                 model,
                 tokenizer,
                 pending,
-                config.chat_template,
+                protocol,
                 config.batch_size,
                 config.new_tokens(task),
                 append,
@@ -360,7 +410,7 @@ def evaluate_task(
                 model,
                 tokenizer,
                 pending,
-                config.chat_template,
+                protocol,
                 config.batch_size,
                 config.new_tokens(task),
                 config.timeout_s,
@@ -377,6 +427,7 @@ def merge_results(
     task: str,
     items: Sequence,
     config: EvalConfig,
+    protocol: str,
     results_path: str | Path,
     world: int,
     identity: dict[str, Any] | None = None,
@@ -384,7 +435,7 @@ def merge_results(
     """After every rank of `world` has run `evaluate_task`: write all results to `results_path` (header, then
     items in order), remove the ranks' files, and return the results in item order."""
     items = _limited(task, items, config)
-    header = results_header(task, config, identity)
+    header = results_header(task, config, protocol, identity)
     path = Path(results_path)
     done = _finished(path, header, world)
     missing = [item.item_id for item in items if item.item_id not in done]
@@ -400,10 +451,14 @@ def merge_results(
     return results
 
 
-def results_header(task: str, config: EvalConfig, identity: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The header of `task`'s results file: the task, the settings its results depend on, and `identity`."""
+def results_header(
+    task: str, config: EvalConfig, protocol: str, identity: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The header of `task`'s results file under `protocol`: the task, the settings its results depend on,
+    and `identity`."""
+    check_protocol(protocol, f"the protocol of {task}")
     # The task's own budget, so that changing another task's budget keeps this task's results valid.
-    settings = {
+    settings = {"protocol": protocol} | {
         key: config.new_tokens(task) if key == "max_new_tokens" else getattr(config, key)
         for key in _RESULT_SETTINGS[task]
     }
@@ -437,24 +492,22 @@ def _finished(path: Path, header: dict, world: int) -> dict[str, ItemResult]:
     return done
 
 
-def protocol(
-    tokenizer: PreTrainedTokenizerBase, task: str, items: Sequence, config: EvalConfig
+def describe_protocol(
+    tokenizer: PreTrainedTokenizerBase, task: str, items: Sequence, config: EvalConfig, protocol: str
 ) -> dict[str, Any]:
-    """How `task` was scored, for the metrics file: prompt mode and an example prompt, answer and decoding."""
+    """How `task` was scored under `protocol`, for the metrics file: example prompt, answer and decoding."""
     described: dict[str, Any] = {
-        "chat_template": config.chat_template,
-        "example_prompt": prompt_text(tokenizer, format_example(items[0]), config.chat_template)
-        if items
-        else None,
+        "name": protocol,
+        "example_prompt": eval_prompt(tokenizer, items[0], protocol) if items else None,
     }
     if task == "mmlu":
-        ids = answer_token_ids(tokenizer, config.chat_template)
+        ids = answer_token_ids(tokenizer, protocol)
         return described | {
             "answer": "argmax next-token log-prob over the letters",
             "answer_tokens": [tokenizer.decode([i]) for i in ids],
             "answer_token_ids": ids,
         }
-    stops = [] if config.chat_template else list(PLAIN_STOPS[task])
+    stops = list(PLAIN_STOPS[task]) if protocol == "lm_eval" else []
     decoding = {
         "max_new_tokens": config.new_tokens(task),
         "stop_strings": stops,
@@ -462,7 +515,11 @@ def protocol(
         "repetition_penalty": 1.0,
     }
     if task in MATH_TASKS:
-        return described | {"answer": "final number of the completion", "decoding": decoding}
+        return described | {
+            "answer": "last number of the completion (strict: after '####' or 'the answer is'); "
+            "a completion cut by max_new_tokens is wrong",
+            "decoding": decoding,
+        }
     decoding |= {
         "do_sample": config.temperature > 0,
         "temperature": config.temperature,
@@ -503,13 +560,15 @@ def read_results(path: str | Path) -> list[ItemResult]:
 
 def summarise_results(results: Sequence[ItemResult]) -> dict[str, Any]:
     """{n, accuracy, ci_low, ci_high} (95% Wilson; accuracy is pass@1 for code), plus pass@1 and pass@n
-    from all samples when the results carry sample counts, and the mean A-D probability mass for MMLU."""
+    from all samples when the results carry sample counts, the MMLU letter statistics (`_mmlu_summary`) and
+    the math readings (`_math_summary`)."""
     summary: dict[str, Any] = summarise([result.correct for result in results])
-    masses = [result.detail["letter_mass"] for result in results if "letter_mass" in result.detail]
-    if masses:
-        # MMLU: the mean next-token probability on A-D; far below 1, the model wanted to answer otherwise.
-        summary["letter_mass_mean"] = sum(masses) / len(masses)
-    sampled = [result.detail for result in results if "samples" in result.detail]
+    details = [result.detail for result in results]
+    if details and all("gold" in detail for detail in details):
+        summary |= _mmlu_summary(details)
+    if details and all("truncated" in detail for detail in details):
+        summary |= _math_summary(details)
+    sampled = [detail for detail in details if "samples" in detail]
     if sampled and len(sampled) == len(results):
         n = min(detail["samples"] for detail in sampled)
         for k in sorted({1, n}):
@@ -519,21 +578,66 @@ def summarise_results(results: Sequence[ItemResult]) -> dict[str, Any]:
     return summary
 
 
+def gold_logprob(detail: dict[str, Any], renormalised: bool = True) -> float:
+    """An MMLU item's log-prob of its gold letter, renormalised over A-D (log p(gold) - log sum p(A-D)) or
+    raw (the next-token log-prob). The renormalised one does not move when only the letter mass does."""
+    logprobs = np.array([detail["logprobs"][letter] for letter in LETTERS], dtype=np.float64)
+    gold = logprobs[LETTERS.index(detail["gold"])]
+    return float(gold - np.logaddexp.reduce(logprobs)) if renormalised else float(gold)
+
+
+def _mmlu_summary(details: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean letter mass (far below 1: the model wanted to answer otherwise), mean gold log-prob raw and
+    renormalised over A-D, mean renormalised gold probability, the predicted-letter histogram, and the best
+    constant-letter baseline on the same items (always answering the most frequent gold letter)."""
+    n = len(details)
+    renormalised = [gold_logprob(detail) for detail in details]
+    predicted = {letter: 0 for letter in LETTERS}
+    golds = {letter: 0 for letter in LETTERS}
+    for detail in details:
+        predicted[mmlu_choice([detail["logprobs"][letter] for letter in LETTERS])] += 1
+        golds[detail["gold"]] += 1
+    best = max(LETTERS, key=lambda letter: (golds[letter], -LETTERS.index(letter)))
+    return {
+        "letter_mass_mean": sum(detail["letter_mass"] for detail in details) / n,
+        "gold_logprob_mean": sum(gold_logprob(detail, renormalised=False) for detail in details) / n,
+        "gold_logprob_renorm_mean": sum(renormalised) / n,
+        "gold_prob_renorm_mean": float(np.exp(renormalised).mean()),
+        "predicted_letters": predicted,
+        "constant_baseline": {"letter": best, "accuracy": golds[best] / n},
+    }
+
+
+def _math_summary(details: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The strict reading's accuracy with its Wilson interval, and the share of completions cut by
+    max_new_tokens (counted wrong by both readings); `accuracy` is the flexible reading."""
+    n, strict = len(details), sum(detail["strict_correct"] for detail in details)
+    low, high = wilson_interval(strict, n)
+    return {
+        "strict_accuracy": strict / n,
+        "strict_ci_low": low,
+        "strict_ci_high": high,
+        "truncated_share": sum(detail["truncated"] for detail in details) / n,
+    }
+
+
 def compare_paired(
     base: Sequence[ItemResult], other: Sequence[ItemResult], iters: int = 10_000, seed: int = 0
 ) -> dict[str, Any]:
     """`other` against `base` on the items both have (joined on item_id): exact McNemar (b01: items only
-    `other` got right, b10: only `base`) and the paired-bootstrap accuracy difference other - base."""
-    base_by_id = {result.item_id: result.correct for result in base}
-    pairs = [(base_by_id[result.item_id], result.correct) for result in other if result.item_id in base_by_id]
+    `other` got right, b10: only `base`), the paired-bootstrap accuracy difference other - base and the
+    smallest accuracy difference these items can detect (`minimum_detectable_difference`); for MMLU also the
+    paired-bootstrap difference of the renormalised gold log-prob and its detectable difference."""
+    base_by_id = {result.item_id: result for result in base}
+    pairs = [(base_by_id[result.item_id], result) for result in other if result.item_id in base_by_id]
     if not pairs:
         raise SemalignError(
             "the two result sets share no item_id; compare results of the same task's evaluation split"
         )
-    a, b = [x for x, _ in pairs], [y for _, y in pairs]
+    a, b = [x.correct for x, _ in pairs], [y.correct for _, y in pairs]
     b01, b10, p = mcnemar(a, b)
     diff, low, high = paired_bootstrap([float(y) for y in b], [float(x) for x in a], iters=iters, seed=seed)
-    return {
+    compared = {
         "n": len(pairs),
         "b01": b01,
         "b10": b10,
@@ -541,7 +645,28 @@ def compare_paired(
         "diff": diff,
         "diff_low": low,
         "diff_high": high,
+        "mdd": _detectable([float(y) - float(x) for x, y in zip(a, b)]),
     }
+    if all("gold" in x.detail and "gold" in y.detail for x, y in pairs):
+        base_lp = [gold_logprob(x.detail) for x, _ in pairs]
+        other_lp = [gold_logprob(y.detail) for _, y in pairs]
+        lp_diff, lp_low, lp_high = paired_bootstrap(other_lp, base_lp, iters=iters, seed=seed)
+        compared |= {
+            "gold_logprob_diff": lp_diff,
+            "gold_logprob_diff_low": lp_low,
+            "gold_logprob_diff_high": lp_high,
+            "gold_logprob_mdd": _detectable([y - x for x, y in zip(base_lp, other_lp)]),
+        }
+    return compared
+
+
+def _detectable(differences: list[float]) -> float | None:
+    """minimum_detectable_difference, or None when the differences have no spread to measure (one item, or
+    all equal, e.g. a variant that answers every item as the base does): zero would claim too much."""
+    # 1e-12: equal differences computed in float64 can differ in their last bits
+    if len(differences) < 2 or float(np.ptp(differences)) <= 1e-12:
+        return None
+    return minimum_detectable_difference(differences)
 
 
 def _batched(
