@@ -19,11 +19,14 @@ that of the full model; FLOPs are counted for the kept layers and the full head)
 
 import argparse
 import json
+import math
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+import yaml
 from transformers import GenerationConfig, PretrainedConfig
 
 from semalign.evaluation.generation import next_token_logprobs
@@ -66,6 +69,11 @@ def forward_flops(
     attention = 2 * context * config.hidden_size * config.num_hidden_layers  # QKᵀ and AV
     head = config.hidden_size * config.vocab_size * head_positions * batch
     return 2.0 * (tokens * (linear_macs_per_token(config) + attention) + head)
+
+
+def decode_bytes(config: PretrainedConfig) -> int:
+    """fp32 bytes of the projection and head weights: what each decode step reads (biases, norms omitted)."""
+    return 4 * (linear_macs_per_token(config) + config.hidden_size * config.vocab_size)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -174,6 +182,77 @@ def train_step(layers: int, batch: int, length: int, repeats: int) -> dict:
     }
 
 
+def achieved_section(root: Path, peak_gflops: float, bandwidth_gbps: float) -> list[dict]:
+    """Each heavy stage's rate in the committed run (its metrics files and params.yaml under `root`) against
+    the roofline: matmul peak for forward-bound work, weight bytes / bandwidth per decode step for generation.
+
+    Generation records no token counts, so its steps are the most it can take (every batch to its budget):
+    the fraction given is an upper bound."""
+    metrics, params = root / "metrics", yaml.safe_load((root / "params.yaml").read_text())
+    read = lambda relative: json.loads((metrics / relative).read_text())
+    models = {"teacher": real_shape_config(TEACHER), "student": real_shape_config(STUDENT)}
+    rows = []
+
+    def compute_row(stage: str, flops: float, seconds: float, work: str) -> None:
+        rate = flops / seconds / 1e9
+        rows.append(
+            {
+                "stage": stage,
+                "work": work,
+                "seconds": seconds,
+                "rate": f"{rate:.1f} GFLOP/s",
+                "fraction": rate / peak_gflops,
+            }
+        )
+
+    cache, tasks = read("cache/mmlu.json"), read("data/mmlu.json")["splits"]
+    for split, s in cache["splits"].items():
+        mean = tasks[split]["tokens"] / tasks[split]["examples"]
+        per_token = forward_flops(models["teacher"], 1, 1, 1, mean / 2)
+        compute_row(
+            f"cache {split} (teacher)", per_token * s["tokens"], s["seconds"], f"{s['tokens']} tokens"
+        )
+    evaluation = tasks["evaluation"]
+    prompt = (evaluation["tokens"] - evaluation["answer_tokens"]) / evaluation["examples"]
+    for file in sorted((metrics / "eval/mmlu").glob("*.json")):
+        result = json.loads(file.read_text())
+        config = models["teacher" if result["variant"] == "teacher" else "student"]
+        flops = result["n"] * forward_flops(config, 1, round(prompt), 1, (prompt + 1) / 2)
+        compute_row(
+            f"MMLU scoring {result['variant']}",
+            flops,
+            result["seconds"],
+            f"{result['n']} × {prompt:.0f} tokens",
+        )
+    evaluate = params["evaluate"]
+    for task in ("asdiv", "humaneval"):
+        for role in ("student", "teacher"):
+            result = read(f"eval/{task}/{role}.json")
+            steps = math.ceil(result["n"] / evaluate["batch_size"]) * evaluate["max_new_tokens"][task]
+            step = decode_bytes(models[role]) / bandwidth_gbps / 1e9
+            rows.append(
+                {
+                    "stage": f"generation {task} {role}",
+                    "work": f"≤ {steps} decode steps",
+                    "seconds": result["seconds"],
+                    "rate": f"≥ {result['seconds'] / steps:.2f} s/step",
+                    "fraction": steps * step / result["seconds"],
+                }
+            )
+    for file in sorted((metrics / "train/mmlu").glob("*.json")):
+        result = read(f"train/mmlu/{file.name}")
+        mean = tasks["training"]["tokens"] / tasks["training"]["examples"]
+        tokens = result["steps"] * params["train"]["batch_size"] * mean
+        flops = 2 * tokens * forward_flops(models["student"], 1, 1, 1, mean / 2)
+        compute_row(
+            f"train {file.stem} (student)",
+            flops,
+            result["seconds"],
+            f"{result['steps']} steps, {tokens:.0f} tokens",
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,6 +263,11 @@ def main() -> None:
     parser.add_argument("--bandwidth-mib", type=int, default=1024)
     parser.add_argument("--sections", default="matmul,bandwidth,cache,teacher,student,train")
     parser.add_argument("--json", help="also write the record here")
+    parser.add_argument("--achieved", type=Path, help="a checkout whose metrics/ and params.yaml to rate")
+    parser.add_argument(
+        "--peak-gflops", type=float, help="matmul peak for --achieved without the matmul section"
+    )
+    parser.add_argument("--bandwidth-gbps", type=float, help="likewise, the memory bandwidth")
     args = parser.parse_args()
     torch.manual_seed(0)
     record = {"threads": torch.get_num_threads(), "torch": torch.__version__, "cpus": os.cpu_count()}
@@ -195,10 +279,26 @@ def main() -> None:
         "student": lambda: scoring_and_decode(STUDENT, args.layers, 8, args.length, args.repeats),
         "train": lambda: train_step(args.layers, 4, args.length, args.repeats),
     }
-    for name in args.sections.split(","):
+    for name in filter(None, args.sections.split(",")):
         record[name] = sections[name]()
         print(name, json.dumps(record[name]), flush=True)
     record["load_after"] = load()
+    if args.achieved:
+        peak = args.peak_gflops or record["matmul"]["square_2048_gflops"]
+        bandwidth = args.bandwidth_gbps or record["bandwidth"]["copy_gbps"]
+        record["achieved"] = achieved_section(args.achieved, peak, bandwidth)
+        roofline = f"{peak:.0f} GFLOP/s, {bandwidth:.1f} GB/s"
+        print(f"| stage | work | seconds | rate | fraction of roofline ({roofline}) |")
+        print("|---|---|---|---|---|")
+        for row in record["achieved"]:
+            cells = [
+                row["stage"],
+                row["work"],
+                f"{row['seconds']:.0f}",
+                row["rate"],
+                f"{row['fraction']:.2f}",
+            ]
+            print("| " + " | ".join(cells) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(record, f, indent=2)
