@@ -51,6 +51,7 @@ class StageResult:
     name: str
     reasons: list[str] = field(default_factory=list)
     downstream_only: bool = False
+    missing: bool = False  # in one lock only: not reproduced (yet), or a stage added or removed
 
 
 def is_timing(key: str) -> bool:
@@ -173,10 +174,13 @@ def compare(
         if not selected(name):
             continue
         result = StageResult(name)
-        if name not in new_stages:
-            result.reasons.append("not in the fresh lock (not reproduced)")
-        elif name not in ref_stages:
-            result.reasons.append("not in the reference lock")
+        if name not in new_stages or name not in ref_stages:
+            result.missing = True
+            result.reasons.append(
+                "not in the fresh lock (not reproduced)"
+                if name not in new_stages
+                else "not in the reference lock"
+            )
         else:
             own, upstream = compare_stage(
                 ref_stages[name], new_stages[name], (reference, fresh), (rtol, atol)
@@ -189,13 +193,14 @@ def compare(
 
 def report(results: list[StageResult]) -> tuple[str, int]:
     lines = []
-    first = next((r for r in results if r.reasons and not r.downstream_only), None)
     for r in results:
         status = "same" if not r.reasons else ("downstream" if r.downstream_only else "DIFFERS")
         lines.append(f"  {status:<10} {r.name}")
         lines += [f"               {reason}" for reason in r.reasons]
-    if first is None and any(r.reasons for r in results):
-        first = next(r for r in results if r.reasons)
+    # Where the two runs part: a stage that ran in both and differs, before stages one run lacks.
+    ranked = [r for r in results if r.reasons and not r.downstream_only and not r.missing]
+    ranked += [r for r in results if r.missing] + [r for r in results if r.downstream_only]
+    first = ranked[0] if ranked else None
     if first is None:
         lines.append(f"no difference in {len(results)} stages")
         return "\n".join(lines), 0

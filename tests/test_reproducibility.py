@@ -174,6 +174,15 @@ def test_changed_params_code_and_missing_stages_are_named(tmp_path):
     assert "param data.seed: 0 -> 1" in out
     assert "dep stages/fold.py: f0 -> f1" in out  # no stage produces it: the stage's own input changed
     assert "  DIFFERS    report\n               not in the fresh lock (not reproduced)" in out
+    # A stage that ran in both and differs comes before one the fresh run lacks.
+    assert "first difference: data@mmlu (param data.seed: 0 -> 1)" in out
+
+
+def test_a_stage_not_reproduced_is_a_difference_of_its_own(tmp_path):
+    fresh = copy.deepcopy(LOCK)
+    del fresh["stages"]["fold"]
+    status, out = _run(tmp_path, fresh, METRICS)
+    assert status == 1 and "first difference: fold (not in the fresh lock (not reproduced))" in out
 
 
 def test_stage_globs_restrict_the_comparison(tmp_path):
