@@ -65,6 +65,7 @@ def main() -> None:
     def epoch_steps(epoch: int):
         return step_batches(tensors, {}, train_config, torch.Generator().manual_seed(config.seed + epoch))
 
+    torch.manual_seed(config.seed)  # LoRA dropout masks follow seeking.seed, not whatever ran before
     result = train(
         model,
         epoch_steps,

