@@ -8,9 +8,7 @@ only for `evaluation`) gets its other splits written empty, and its metrics say 
 import argparse
 from pathlib import Path
 
-import yaml
-
-from semalign.config import build
+from semalign.config import params_section, read_section
 from semalign.data import DataConfig, encode, save_split, split_items
 from semalign.files import write_json
 from semalign.models import load_tokenizer
@@ -21,8 +19,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", required=True)
     args = parser.parse_args()
-    params = yaml.safe_load(Path("params.yaml").read_text())["data"]
-    config = build(DataConfig, {**params, "tasks": {args.task: params["tasks"][args.task]}}, "data")
+    # only this task's entry: data@<task> tracks data.tasks.<task>, not the other tasks
+    tasks = {args.task: params_section(f"data.tasks.{args.task}")}
+    config = read_section(DataConfig, "data", drop=("tasks",), tasks=tasks)
     sizes = config.tasks[args.task]
 
     loaded = load_task(args.task, sizes.path)

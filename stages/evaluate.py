@@ -14,13 +14,11 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from semalign.baselines.delta import DELTA_FILE, apply_delta, load_delta
-from semalign.config import build
+from semalign.config import params_section, read_section
 from semalign.data import load_split
 from semalign.distributed import Ranks
-from semalign.errors import SemalignError
 from semalign.evaluation.runner import EvalConfig, evaluate_task, merge_results, protocol, summarise_results
 from semalign.files import sha256_of, write_json
 from semalign.models import load_hf_dir, merge_adapter
@@ -55,14 +53,8 @@ def main() -> None:
         "--variant", required=True, help="teacher, student, or a method name (e.g. semalign-v1)"
     )
     args = parser.parse_args()
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    section = params.get("evaluate") or {}
-    if "chat_template" in section:
-        raise SemalignError(
-            "evaluate.chat_template is taken from data.chat_template (the prompts training used); "
-            "remove it from the evaluate section"
-        )
-    config = build(EvalConfig, {**section, "chat_template": params["data"]["chat_template"]}, "evaluate")
+    # the prompts training used: chat_template comes from the data section
+    config = read_section(EvalConfig, "evaluate", chat_template=params_section("data.chat_template"))
 
     _, items = load_split(Path("data/tasks") / args.task, "evaluation")
     with Ranks() as ranks:

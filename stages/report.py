@@ -4,9 +4,8 @@ content, images by relative path) from the run's params, metrics/, plots/ and th
 import time
 from pathlib import Path
 
-import yaml
-
 from semalign.analysis.report import build_sections, render_html, render_markdown
+from semalign.config import read_params
 from semalign.files import write_json
 
 TITLE = "semalign: run report"
@@ -14,7 +13,7 @@ TITLE = "semalign: run report"
 
 def main() -> None:
     started = time.perf_counter()
-    params = yaml.safe_load(Path("params.yaml").read_text())
+    params = read_params()
     sections = build_sections(Path("."), params)
     out = Path("report")
     out.mkdir(exist_ok=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from semalign.config import at_least, positive
 from semalign.errors import SemalignError
 from semalign.progress import progress
 
@@ -33,12 +34,12 @@ class AlignConfig:
 
     bases: str = "head"
     map: str = "semantic"
-    ridge: float = 0.01
+    ridge: float = positive(0.01)
     fit_fraction: float = 0.5
     interpolate: bool = True
-    control_seed: int = 0
-    control_counts: tuple[int, ...] = (256, 1024, 4096, 16384, 65536)
-    chunk_rows: int = 16384
+    control_seed: int = at_least(0, 0)
+    control_counts: tuple[int, ...] = positive((256, 1024, 4096, 16384, 65536))
+    chunk_rows: int = positive(16384)
 
     def __post_init__(self):
         object.__setattr__(self, "control_counts", tuple(self.control_counts))

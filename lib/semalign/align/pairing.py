@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from math import isfinite
 
+from semalign.config import at_least, positive
 from semalign.errors import SemalignError
 
 MODES = ("v1", "v2")
@@ -23,8 +24,8 @@ class PairConfig:
     which student layers train ("critical": the partners k† of the critical layers; "all")."""
 
     mode: str = "v1"
-    num_critical: int = 1
-    window: int = 2
+    num_critical: int = positive(1)
+    window: int = at_least(2, 0)
     train_layers: str = "critical"
 
 

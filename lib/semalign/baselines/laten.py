@@ -41,6 +41,7 @@ from transformers import PreTrainedModel
 
 from semalign.baselines.delta import target_linears, weight_keys
 from semalign.baselines.seeking import select_layers
+from semalign.config import at_least, positive
 from semalign.errors import SemalignError
 from semalign.models import decoder_layers, final_norm
 from semalign.progress import progress
@@ -59,16 +60,16 @@ class LatenConfig:
     the student's neurons per module that receive a delta; steps × batch_size alignment examples; AdamW lr and
     weight_decay; penalty: weight of mean(δ²); init_std: std of the hypernetworks' last layer."""
 
-    num_layers: int | None = None
+    num_layers: int | None = positive(None)
     neuron_fraction: float = 0.1
     target_modules: tuple[str, ...] = KINDS
-    steps: int = 16
-    batch_size: int = 4
-    lr: float = 1e-5
-    weight_decay: float = 0.05
-    penalty: float = 1000.0
-    init_std: float = 1e-3
-    seed: int = 0
+    steps: int = positive(16)
+    batch_size: int = positive(4)
+    lr: float = positive(1e-5)
+    weight_decay: float = at_least(0.05, 0)
+    penalty: float = at_least(1000.0, 0)
+    init_std: float = positive(1e-3)
+    seed: int = at_least(0, 0)
 
     def __post_init__(self):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))

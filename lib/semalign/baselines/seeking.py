@@ -30,6 +30,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from semalign.baselines.delta import target_linears, weight_keys
+from semalign.config import at_least, between, positive
 from semalign.errors import SemalignError
 from semalign.models import decoder_layers
 from semalign.progress import progress
@@ -44,16 +45,16 @@ class SeekingConfig:
     """`seeking` section. num_layers: L_S teacher layers kept (null: the student's depth). The LoRA and
     optimiser keys are those of `train` and mean the same (post-alignment is cross-entropy fine-tuning)."""
 
-    num_layers: int | None = None
+    num_layers: int | None = positive(None)
     target_modules: tuple[str, ...] = ("up_proj", "down_proj", "v_proj", "o_proj")
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lr: float = 3e-4
-    epochs: int = 2
-    batch_size: int = 16
-    micro_batch_size: int = 4
-    seed: int = 0
+    lora_r: int = positive(16)
+    lora_alpha: int = positive(32)
+    lora_dropout: float = between(0.05, 0, 1, high_inclusive=False)
+    lr: float = positive(3e-4)
+    epochs: int = positive(2)
+    batch_size: int = positive(16)
+    micro_batch_size: int = positive(4)
+    seed: int = at_least(0, 0)
 
     def __post_init__(self):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
