@@ -18,6 +18,9 @@ from semalign.tasks import load_task
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", required=True)
+    parser.add_argument("--tokenizer", type=Path, required=True, help="model directory of the tokenizer")
+    parser.add_argument("--out", type=Path, required=True, help="the task's folder of splits")
+    parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
     # only this task's entry: data@<task> tracks data.tasks.<task>, not the other tasks
     tasks = {args.task: params_section(f"data.tasks.{args.task}")}
@@ -26,14 +29,15 @@ def main() -> None:
 
     loaded = load_task(args.task, sizes.path)
     splits = split_items(loaded.items, sizes, config.seed)
-    tokenizer = load_tokenizer(Path("data/models/teacher"))
-    out = Path("data/tasks") / args.task
+    tokenizer = load_tokenizer(args.tokenizer)
     summaries = {
-        name: save_split(out, name, encode(items, tokenizer, config.max_length, config.chat_template), items)
+        name: save_split(
+            args.out, name, encode(items, tokenizer, config.max_length, config.chat_template), items
+        )
         for name, items in splits.items()
     }
     write_json(
-        Path("metrics/data") / f"{args.task}.json",
+        args.metrics,
         {
             "source": str(loaded.source),
             "items": len(loaded.items),

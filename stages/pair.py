@@ -16,27 +16,30 @@ from semalign.files import write_json
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--task", required=True)
+    parser.add_argument("--attribution", type=Path, required=True, help="metrics of attribute@<task>")
+    parser.add_argument("--teacher", type=Path, required=True, help="model directory (config.json read)")
+    parser.add_argument("--student", type=Path, required=True, help="model directory (config.json read)")
+    parser.add_argument("--out", type=Path, required=True, help="the pairing, JSON")
+    parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
     config = read_section(PairConfig, "pair")
 
-    attribution = json.loads((Path("metrics/attribution") / f"{args.task}.json").read_text())
     depth = {
-        role: AutoConfig.from_pretrained(Path("data/models") / role, local_files_only=True).num_hidden_layers
-        for role in ("teacher", "student")
+        role: AutoConfig.from_pretrained(path, local_files_only=True).num_hidden_layers
+        for role, path in (("teacher", args.teacher), ("student", args.student))
     }
     pairing = build_pairing(
         depth["teacher"],
         depth["student"],
-        attribution["scores"],
+        json.loads(args.attribution.read_text())["scores"],
         mode=config.mode,
         num_critical=config.num_critical,
         window=config.window,
         train_layers=config.train_layers,
     )
-    write_json(Path("data/pairs") / f"{args.task}.json", pairing.to_json())
+    write_json(args.out, pairing.to_json())
     write_json(
-        Path("metrics/pair") / f"{args.task}.json",
+        args.metrics,
         {
             "mode": pairing.mode,
             "critical_teacher_layers": [c.teacher_layer for c in pairing.critical],
@@ -44,7 +47,7 @@ def main() -> None:
             "teacher_layer_per_student_layer": [p.teacher_layer for p in pairing.layers],
         },
     )
-    print(f"pair {args.task}: {config.mode}, trained student layers {pairing.trained_student_layers}")
+    print(f"pair {args.out.stem}: {config.mode}, trained student layers {pairing.trained_student_layers}")
 
 
 if __name__ == "__main__":

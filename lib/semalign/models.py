@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,6 +229,28 @@ def save_hf_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     plain.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+
+
+def materialize(source: ModelSource, out_dir: Path) -> dict:
+    """Convert the model `source` names into a safetensors directory `out_dir`, once; what it is and how
+    long loading and saving took, for the stage's metrics."""
+    started = time.perf_counter()
+    model, tokenizer = load_source(source)
+    loaded = time.perf_counter()
+    save_hf_dir(model, tokenizer, out_dir)
+    info = model_info(model)
+    return {
+        "source": source.source,
+        "name": source.name or source.path,
+        "arch": info.arch,
+        "num_layers": info.num_layers,
+        "d_model": info.d_model,
+        "vocab_size": info.vocab_size,
+        "num_params": info.num_params,
+        "tied_head": info.tied_head,
+        "load_seconds": round(loaded - started, 1),
+        "save_seconds": round(time.perf_counter() - loaded, 1),
+    }
 
 
 def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
