@@ -7,60 +7,34 @@
 All in float64, in one safetensors file; `align@<task>` applies them to cached states.
 """
 
+import argparse
 import time
 from pathlib import Path
 
 from safetensors.torch import save_file
 
-from semalign.align.alignment import AlignConfig, folded_map, isotropy, random_self_map
+from semalign.align.alignment import AlignConfig, fold_maps, isotropy
 from semalign.config import read_section
-from semalign.errors import SemalignError
 from semalign.files import write_json
 from semalign.store import open_store
 
 
 def main() -> None:
-    config = read_section(AlignConfig, "align")
-    stores = {role: open_store(Path("data/bases") / f"{role}.zarr") for role in ("teacher", "student")}
-    vocab = {role: store.manifest["vocab_size"] for role, store in stores.items()}
-    if vocab["teacher"] != vocab["student"]:
-        raise SemalignError(
-            f"teacher and student bases have {vocab['teacher']} and {vocab['student']} rows; "
-            "semalign needs index-aligned vocabularies (same tokenizer family)"
-        )
-    variants = stores["student"].manifest["variants"]
-    if config.bases not in variants:
-        raise SemalignError(
-            f"align.bases {config.bases!r} was not computed; add it to bases.variants {variants}"
-        )
-
-    def reader(role: str, variant: str):
-        return lambda start, stop: stores[role].read_rows(variant, start, stop)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--teacher", type=Path, required=True, help="the teacher's bases store")
+    parser.add_argument("--student", type=Path, required=True, help="the student's bases store")
+    parser.add_argument("--out", type=Path, required=True, help="the maps, safetensors")
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    # fold computes what the bases and the random control give; which map makes the targets is align's
+    config = read_section(AlignConfig, "align", drop=("map", "ridge", "fit_fraction", "interpolate"))
 
     started = time.perf_counter()
-    rows = vocab["teacher"]
-    maps = {
-        "semantic": folded_map(
-            reader("student", config.bases), reader("teacher", config.bases), rows, config.chunk_rows
-        )
-    }
-    for role, store in stores.items():
-        for variant in variants:
-            maps[f"self_{role}_{variant}"] = folded_map(
-                reader(role, variant), reader(role, variant), rows, config.chunk_rows
-            )
-        maps[f"random_{role}"] = random_self_map(
-            rows, store.manifest["d_model"], config.control_seed, config.chunk_rows
-        )
-        for count in config.control_counts:
-            maps[f"random_{role}_{count}"] = random_self_map(
-                count, store.manifest["d_model"], config.control_seed, config.chunk_rows
-            )
-    out = Path("data/maps/maps.safetensors")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({name: m.contiguous() for name, m in maps.items()}, str(out))
+    maps = fold_maps({"teacher": open_store(args.teacher), "student": open_store(args.student)}, config)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({name: m.contiguous() for name, m in maps.items()}, str(args.out))
     write_json(
-        "metrics/fold.json",
+        args.metrics,
         {
             "bases": config.bases,
             "seconds": round(time.perf_counter() - started, 1),

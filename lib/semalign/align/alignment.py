@@ -10,14 +10,18 @@ so the `[tokens, vocab]` coefficient matrix is never formed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from semalign.config import at_least, positive
 from semalign.errors import SemalignError
 from semalign.progress import progress
+
+if TYPE_CHECKING:  # stores are only read through their manifest and rows here
+    from semalign.store import Store
 
 LATENT_MAPS = ("semantic", "ridge", "procrustes")  # see semalign.align.latent_maps
 
@@ -148,3 +152,43 @@ def isotropy(self_map: torch.Tensor) -> float:
     (then decompose→recompose returns any vector's direction unchanged), 0 when a direction is missing."""
     eigenvalues = torch.linalg.eigvalsh(self_map.double())
     return float(eigenvalues[0].clamp(min=0) / eigenvalues[-1])
+
+
+def fold_maps(stores: Mapping[str, Store], config: AlignConfig) -> dict[str, torch.Tensor]:
+    """Every map `align` applies, float64, from the bases stores {"teacher", "student"} (`[vocab, d]` rows):
+    "semantic" M = S_S S_Tᵀ of `config.bases`; "self_<role>_<variant>" S Sᵀ; "random_<role>" R Rᵀ for as
+    many random unit vectors as the vocabulary and "random_<role>_<n>" for n in `config.control_counts`."""
+    vocab = {role: store.manifest["vocab_size"] for role, store in stores.items()}
+    if vocab["teacher"] != vocab["student"]:
+        raise SemalignError(
+            f"teacher and student bases have {vocab['teacher']} and {vocab['student']} rows; "
+            "semalign needs index-aligned vocabularies (same tokenizer family)"
+        )
+    variants = stores["student"].manifest["variants"]
+    if config.bases not in variants:
+        raise SemalignError(
+            f"align.bases {config.bases!r} was not computed; add it to bases.variants {variants}"
+        )
+
+    def reader(role: str, variant: str) -> RowReader:
+        return lambda start, stop: stores[role].read_rows(variant, start, stop)
+
+    rows = vocab["teacher"]
+    maps = {
+        "semantic": folded_map(
+            reader("student", config.bases), reader("teacher", config.bases), rows, config.chunk_rows
+        )
+    }
+    for role, store in stores.items():
+        for variant in variants:
+            maps[f"self_{role}_{variant}"] = folded_map(
+                reader(role, variant), reader(role, variant), rows, config.chunk_rows
+            )
+        maps[f"random_{role}"] = random_self_map(
+            rows, store.manifest["d_model"], config.control_seed, config.chunk_rows
+        )
+        for count in config.control_counts:
+            maps[f"random_{role}_{count}"] = random_self_map(
+                count, store.manifest["d_model"], config.control_seed, config.chunk_rows
+            )
+    return maps
