@@ -40,7 +40,7 @@ class CacheConfig:
     forward pass and per chunk; codec: "zstd" or "none" (raw bytes, for disk-bound machines); writers:
     threads compressing and writing chunks in parallel."""
 
-    layers: str | list[int] = at_least("all", 0)
+    layers: str | list[int] = at_least("all", 0)  # a list: each index >= 0
     top_k: int = positive(64)
     dtype: str = "bfloat16"
     batch_size: int = positive(4)
