@@ -12,13 +12,12 @@ import argparse
 import time
 from pathlib import Path
 
-import yaml
 from safetensors.torch import load_file
 
 from semalign.align.alignment import decompose_recompose
 from semalign.align.pairing import depth_map
 from semalign.analysis.cka import CkaConfig, best_matches, cka_matrix, even_rows, plot_heatmaps
-from semalign.config import build
+from semalign.config import params_section, read_section
 from semalign.data import load_split
 from semalign.files import write_json
 from semalign.models import load_hf_dir, merge_adapter, model_info
@@ -32,9 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", required=True)
     args = parser.parse_args()
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    config = build(CkaConfig, params.get("cka"), "cka")
-    objectives = params["train"]["objectives"]
+    config = read_section(CkaConfig, "cka")
+    objectives = params_section("train.objectives")
     started = time.perf_counter()
 
     encoded, _ = load_split(Path("data/tasks") / args.task, "alignment")

@@ -284,7 +284,8 @@ def test_data_stage_writes_an_evaluation_only_task(tmp_path, monkeypatch):
     }  # other tasks are not read
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["data.py", "--task", "asdiv"])
+    paths = "--tokenizer data/models/teacher --out data/tasks/asdiv --metrics metrics/data/asdiv.json"
+    monkeypatch.setattr(sys, "argv", ["data.py", "--task", "asdiv", *paths.split()])
     runpy.run_path(str(STAGES / "data.py"), run_name="__main__")
     metrics = json.loads((tmp_path / "metrics/data/asdiv.json").read_text())
     assert metrics["evaluation_only"] is True

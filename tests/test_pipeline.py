@@ -5,6 +5,7 @@ on."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from semalign.models import save_hf_dir
+from semalign.testing import tiny_model, tiny_tokenizer
 from tiny_project import ROOT, ran_stages, run
 
 TEACHER_SIDE = {"materialize@teacher", "bases@teacher", "data@mmlu", "attribute@mmlu", "cache@mmlu"}
@@ -22,6 +25,7 @@ STUDENT_SIDE = {"pair@mmlu", "align@mmlu", "table", "cka@mmlu", "report"} | TRAN
 EVALUATED = {"evaluate@mmlu-student", "evaluate@mmlu-teacher"}
 BASELINES = {"seeking@mmlu", "laten@mmlu", "evaluate_baseline@mmlu-seeking", "evaluate_baseline@mmlu-laten"}
 EVALUATION_ONLY = {"data@asdiv", "evaluate@asdiv-student", "evaluate@asdiv-teacher"}  # every asdiv stage
+SOURCES = {"source@teacher", "source@student"}  # hash the models outside the repo: run on every repro
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +98,7 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(repr
         params[key].update(value)
         (project / "params.yaml").write_text(yaml.safe_dump(params))
         output = run([sys.executable, "-m", "dvc", "repro"], project)
-        assert ran_stages(output) == expected, output
+        assert ran_stages(output) == expected | SOURCES, output
         for stage in (
             TEACHER_SIDE | EVALUATED | BASELINES | EVALUATION_ONLY | (TRANSFER if key == "train" else set())
         ):
@@ -195,3 +199,24 @@ def test_transfer_stages_run_on_transfer_tasks_and_data_and_evaluation_on_every_
     assert set(params["evaluate"]["limit"]) >= set(tasks)  # each evaluated task has its size chosen
     assert set(params["evaluate"]["protocol"]) >= set(tasks)  # ... and its protocols
     assert params["evaluate"]["protocol"]["mmlu"] == ["lm_eval", "chat"]  # the headline is lm-eval's
+
+
+def test_a_student_replaced_in_place_makes_materialize_out_of_date(project, tmp_path):
+    """The model source lies outside the repo: `source@student` hashes it, so new weights at the same
+    hf_dir path change materialize@student's dep, and the same weights hashed again change nothing."""
+    dvc = [sys.executable, "-m", "dvc"]
+    run([*dvc, "repro", "source@student"], project)
+    assert "materialize@student" not in run([*dvc, "status", "materialize@student"], project)
+    student = project / "models" / "student"
+    shutil.copytree(student, tmp_path / "student")
+    try:
+        replaced = tiny_model(
+            "qwen2", seed=7, num_layers=3, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64
+        )
+        save_hf_dir(replaced, tiny_tokenizer(), student)
+        run([*dvc, "repro", "source@student"], project)
+        status = run([*dvc, "status", "materialize@student"], project)
+        assert "materialize@student" in status and "modified:" in status and "student.source.json" in status
+    finally:
+        shutil.rmtree(student)
+        shutil.copytree(tmp_path / "student", student)

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
-from semalign.config import build
+from semalign.config import at_least, build
 from semalign.errors import SemalignError
 from semalign.files import write_json
 from semalign.tasks import LETTERS, TASKS, TaskItem
@@ -44,10 +44,10 @@ class TaskConfig:
     Sizes left out are 0; a task with only `evaluation` is evaluation-only."""
 
     path: str | None = None
-    evaluation: int = 0
-    attribution: int = 0
-    alignment: int = 0
-    training: int = 0
+    evaluation: int = at_least(0, 0)
+    attribution: int = at_least(0, 0)
+    alignment: int = at_least(0, 0)
+    training: int = at_least(0, 0)
 
     @property
     def evaluation_only(self) -> bool:
@@ -60,8 +60,8 @@ class DataConfig:
     """The `data` section: tasks by name, token budget per example, split seed, chat formatting."""
 
     tasks: dict[str, TaskConfig]
-    max_length: int = 512
-    seed: int = 0
+    max_length: int = at_least(512, 2)  # one prompt + one target token
+    seed: int = at_least(0, 0)
     chat_template: bool = True
 
     def __post_init__(self):
@@ -72,16 +72,6 @@ class DataConfig:
             name: cfg if isinstance(cfg, TaskConfig) else build(TaskConfig, cfg, f"data.tasks.{name}")
             for name, cfg in self.tasks.items()
         }
-        for name, cfg in self.tasks.items():
-            for split in SPLITS:
-                if not isinstance(getattr(cfg, split), int) or getattr(cfg, split) < 0:
-                    raise SemalignError(
-                        f"data.tasks.{name}.{split} is {getattr(cfg, split)!r}; use an integer >= 0"
-                    )
-        if self.max_length < 2:
-            raise SemalignError(
-                f"data.max_length is {self.max_length}; use at least 2 (one prompt + one target token)"
-            )
 
 
 def split_items(items: Sequence[TaskItem], sizes: TaskConfig, seed: int) -> dict[str, list[TaskItem]]:

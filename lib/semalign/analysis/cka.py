@@ -23,6 +23,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from semalign.config import at_least
 from semalign.errors import SemalignError
 from semalign.progress import progress
 
@@ -32,7 +33,7 @@ class CkaConfig:
     """`cka` section: tokens compared per layer pair (evenly spaced over the split's real tokens; the
     matrix costs O(tokens² · Σ widths)); whether to use the debiased (unbiased HSIC) estimator."""
 
-    max_tokens: int = 4096
+    max_tokens: int = at_least(4096, 4)
     debiased: bool = False
 
     def __post_init__(self):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import PreTrainedModel
 
+from semalign.config import at_least, positive
 from semalign.distributed import Shard
 from semalign.errors import SemalignError
 from semalign.models import model_info
@@ -39,12 +40,12 @@ class CacheConfig:
     forward pass and per chunk; codec: "zstd" or "none" (raw bytes, for disk-bound machines); writers:
     threads compressing and writing chunks in parallel."""
 
-    layers: str | list[int] = "all"
-    top_k: int = 64
+    layers: str | list[int] = at_least("all", 0)  # a list: each index >= 0
+    top_k: int = positive(64)
     dtype: str = "bfloat16"
-    batch_size: int = 4
+    batch_size: int = positive(4)
     codec: str = "zstd"
-    writers: int = 2
+    writers: int = positive(2)
 
     def __post_init__(self):
         if self.dtype not in STATE_DTYPES:
