@@ -129,8 +129,8 @@ def _padded(values: torch.Tensor, mask: torch.Tensor, length: int) -> torch.Tens
 def _to_state_dtype(h: torch.Tensor, dtype: str) -> torch.Tensor:
     if dtype == "float16" and h.abs().max() > FLOAT16_MAX:
         raise SemalignError(
-            f"a residual state reaches {h.abs().max().item():.0f}, beyond float16's range; set cache.dtype: "
-            f"bfloat16"
+            f"a cached h_0 or Δh value reaches {h.abs().max().item():.0f}, beyond float16's range; set "
+            "cache.dtype: bfloat16"
         )
     return h.to(getattr(torch, dtype))
 
