@@ -68,7 +68,8 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(repr
     assert set(chat["rows"]["teacher"]) == {"mmlu", "asdiv"} and set(chat["rows"]["v1"]) == {"mmlu"}
     assert "asdiv" not in chat["gap_closed"]["v1"]
     cka = json.loads((project / "metrics/cka/mmlu.json").read_text())
-    assert cka["depth_map"] == [1, 2, 4] and len(cka["v1_aligned"]["best_teacher_layer"]) == 3
+    assert cka["depth_map"] == [1, 2, 4] and len(cka["v1_contribution_aligned"]["best_teacher_layer"]) == 3
+    assert len(cka["before_residual_raw"]["best_teacher_layer"]) == 3
     html = (project / "report/index.html").read_text()
     assert html.count("data:image/png;base64,") == len(list((project / "plots").rglob("*.png"))) >= 6
     assert "plots/cka/mmlu.png" in html and (project / "report/README.md").is_file()

@@ -30,7 +30,7 @@ from semalign.progress import progress
 from semalign.store import StoresConfig, open_store
 from semalign.teacher.activations import residual_states
 from semalign.teacher.bases import VocabAlignment
-from semalign.teacher.cache import state_name
+from semalign.teacher.cache import residual_stream, state_name
 
 
 def fig2(
@@ -148,7 +148,7 @@ def align(task: str, config: AlignConfig, stores: StoresConfig, ranks: Ranks) ->
         return
 
     teacher_states = {
-        ell: cache.read(state_name(ell)).float()[real] for ell in range(pairing.num_teacher_layers + 1)
+        ell: h[real] for ell, h in residual_stream(cache, pairing.num_teacher_layers, 0, len(real))
     }
     fidelity = {
         role: fig2(task, role, states, maps, config.control_counts, vocabulary.kept)

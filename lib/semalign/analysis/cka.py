@@ -137,6 +137,16 @@ def cka_matrix(
     )
 
 
+def layer_contributions(states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """What each layer writes into the residual stream, from states h_0..h_L `[tokens, d]`: the embeddings
+    h_0 for layer 0, Δh_ℓ = h_ℓ − h_{ℓ−1} for ℓ ≥ 1. CKA between raw h is ≈ 1 for almost every layer pair,
+    because a few massive-activation dimensions, carried unchanged by the residual stream, dominate every
+    h_ℓ; each Δh holds only what its own layer adds."""
+    if not states:
+        raise SemalignError("layer_contributions needs at least the embeddings h_0")
+    return [states[0], *(after - before for before, after in zip(states, states[1:]))]
+
+
 def even_rows(count: int, limit: int) -> torch.Tensor:
     """Indices of at most `limit` rows spread evenly over 0..count−1 (all of them when count ≤ limit)."""
     if count <= limit:
