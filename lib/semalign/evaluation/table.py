@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from semalign.evaluation.agreement import agreement_display
 from semalign.evaluation.runner import ItemResult, compare_paired
 
 BASE_ROWS = ("student", "teacher")
@@ -57,7 +58,7 @@ def build_table(
 
 def result_tables(table: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The table as display tables {"title", "note", "headers", "rows"} of strings: Table 1 ("acc [lo, hi]
-    (n)"), then, where present, gap closed and the paired tests against the student."""
+    (n)"), then, where present, gap closed, the paired tests against the student and teacher agreement."""
     tasks = table["tasks"]
     tables = [
         {
@@ -114,7 +115,7 @@ def result_tables(table: Mapping[str, Any]) -> list[dict[str, Any]]:
                 ],
             }
         )
-    return tables
+    return tables + agreement_display(table.get("agreement", {}))
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -82,6 +82,25 @@ def log_rest(logprobs: torch.Tensor) -> torch.Tensor:
     return torch.log((-torch.expm1(covered)).clamp(min=torch.finfo(logprobs.dtype).tiny))
 
 
+def topk_kl(
+    logits: torch.Tensor, topk_logprobs: torch.Tensor, topk_ids: torch.Tensor, rest_logmass: torch.Tensor
+) -> torch.Tensor:
+    """KL(teacher ‖ model) per position `[B, T]` over k + 1 outcomes: the teacher's top-k tokens and the rest.
+
+    logits: `[B, T, vocab]` of the model; topk_logprobs, topk_ids: `[B, T, k]` from the cache; rest_logmass:
+    `[B, T]` log of the teacher's mass outside them. The model's rest bucket is 1 − Σ_topk p_model. This is
+    the exact KL between both distributions coarsened to those k + 1 outcomes; by the log-sum inequality it is
+    at most the full-vocabulary KL, and equal to it with k = vocab.
+    """
+    model = torch.log_softmax(logits.float(), dim=-1)
+    model_top = model.gather(-1, topk_ids.long())
+    model_rest = log_rest(model_top)
+    teacher_top, teacher_rest = topk_logprobs.float(), rest_logmass.float()
+    return (teacher_top.exp() * (teacher_top - model_top)).sum(-1) + teacher_rest.exp() * (
+        teacher_rest - model_rest
+    )
+
+
 def topk_kl_loss(
     logits: torch.Tensor,
     topk_logprobs: torch.Tensor,
@@ -89,17 +108,16 @@ def topk_kl_loss(
     rest_logmass: torch.Tensor,
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """v2 output term: KL(teacher ‖ student) over k + 1 buckets, the teacher's top-k tokens and the rest.
+    """v2 output term: `topk_kl` (KL(teacher ‖ student) over the teacher's top-k and the rest), mean over
+    masked positions."""
+    return topk_kl(logits, topk_logprobs, topk_ids, rest_logmass)[mask.bool()].mean()
 
-    topk_logprobs, topk_ids: `[B, T, k]` from the cache; rest_logmass: `[B, T]` log of the teacher's mass
-    outside them. The student's rest bucket is 1 − Σ_topk p_student. With k = vocab this is the exact KL.
-    Mean over masked positions.
-    """
-    student = torch.log_softmax(logits.float(), dim=-1)
-    student_top = student.gather(-1, topk_ids.long())
-    student_rest = log_rest(student_top)
-    teacher_top, teacher_rest = topk_logprobs.float(), rest_logmass.float()
-    kl = (teacher_top.exp() * (teacher_top - student_top)).sum(-1) + teacher_rest.exp() * (
-        teacher_rest - student_rest
-    )
-    return kl[mask.bool()].mean()
+
+def next_token_positions(attention_mask: torch.Tensor, labels: torch.Tensor, which: str) -> torch.Tensor:
+    """`[B, T]` bool: the positions whose next-token distribution a KL term compares. "all": every real token
+    (the distillation view); "answer": those predicting a target token (the distribution at t is over t + 1)."""
+    if which == "all":
+        return attention_mask.bool()
+    positions = torch.zeros_like(attention_mask, dtype=torch.bool)
+    positions[:, :-1] = labels[:, 1:] != IGNORE
+    return positions
