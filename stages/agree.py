@@ -1,6 +1,6 @@
-"""Stage `agree@<task>-<variant>`: teacher agreement of one variant on the task's agreement split (held out
-from every attribution, alignment and training step): per-token KL(teacher ‖ variant) over the teacher's cached
-top-k + rest, and top-1 agreement (lib/semalign/evaluation/agreement.py has the definitions).
+"""Stage `agree@<task>-<variant>`: teacher agreement of one variant on the task's agreement split (held
+out from every attribution, alignment and training step): per-token KL(teacher ‖ variant) over the teacher's
+cached top-k + rest, and top-1 agreement (lib/semalign/evaluation/agreement.py has the definitions).
 
 variant: `student`, or a method whose output is data/adapters/<task>/<method>/ (as in stages/evaluate.py). The
 teacher's weights are never loaded: its distribution comes from data/cache/<task>/agreement.zarr. Per-example

@@ -23,7 +23,8 @@ def make_inputs(num_examples: int = 7, max_length: int = 12, seed: int = 0) -> E
 
 
 def build_cache(path: Path, config: CacheConfig, encoded: Encoded, model=None, states: bool = True) -> int:
-    """A finished cache of `encoded` at `path`; `states=False`: the next-token arrays only (agreement split)."""
+    """A finished cache of `encoded` at `path`; `states=False`: the next-token arrays only (as for the
+    agreement split)."""
     model = model or tiny_model("qwen2", seed=1, num_layers=NUM_LAYERS, hidden_size=WIDTH)
     layers = kept_layers(config, NUM_LAYERS) if states else []
     with StoreWriter(path, cache_arrays(*encoded.input_ids.shape, WIDTH, layers, config), "fp") as writer:

@@ -193,9 +193,9 @@ def agreement_display(table: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> l
         parts.append(
             {
                 "title": f"Teacher agreement, {task} (held-out agreement split)",
-                "note": "KL(teacher ‖ variant) per token over the teacher's top-k tokens + the rest, mean over "
-                "examples of the mean over every real token [95% bootstrap over examples]; vs student: paired "
-                "bootstrap of the difference; gap closed = (KL_student − KL) / KL_student; top-1: the "
+                "note": "KL(teacher ‖ variant) per token over the teacher's top-k tokens + the rest, mean "
+                "over examples of the mean over every real token [95% bootstrap over examples]; vs student: "
+                "paired bootstrap of the difference; gap closed = (KL_student − KL) / KL_student; top-1: the "
                 "variant's argmax is the teacher's; answer: positions predicting the target only.",
                 "headers": [
                     "variant",

@@ -114,8 +114,8 @@ def topk_kl_loss(
 
 
 def next_token_positions(attention_mask: torch.Tensor, labels: torch.Tensor, which: str) -> torch.Tensor:
-    """`[B, T]` bool: the positions whose next-token distribution a KL term compares. "all": every real token
-    (the distillation view); "answer": those predicting a target token (the distribution at t is over t + 1)."""
+    """`[B, T]` bool: the positions whose next-token distribution a KL term compares. "all": every real
+    token (the distillation view); "answer": those predicting a target token (position t predicts t + 1)."""
     if which == "all":
         return attention_mask.bool()
     positions = torch.zeros_like(attention_mask, dtype=torch.bool)
