@@ -10,15 +10,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from semalign.store import open_store
 from tiny_project import ROOT, ran_stages, run
 
 TEACHER_SIDE = {"materialize@teacher", "bases@teacher", "data@mmlu", "attribute@mmlu", "cache@mmlu"}
 TRANSFER = {
-    f"{stage}@mmlu-{objective}" for stage in ("train", "evaluate_transfer") for objective in ("v1", "sft")
+    f"{stage}@mmlu-{objective}"
+    for stage in ("train", "evaluate_transfer", "agree_transfer")
+    for objective in ("v1", "sft")
 }
 STUDENT_SIDE = {"pair@mmlu", "align@mmlu", "table", "cka@mmlu", "report"} | TRANSFER
-EVALUATED = {"evaluate@mmlu-student", "evaluate@mmlu-teacher"}
-BASELINES = {"seeking@mmlu", "laten@mmlu", "evaluate_baseline@mmlu-seeking", "evaluate_baseline@mmlu-laten"}
+EVALUATED = {"evaluate@mmlu-student", "evaluate@mmlu-teacher", "agree@mmlu-student"}
+BASELINES = {"seeking@mmlu", "laten@mmlu"} | {
+    f"{stage}@mmlu-{method}"
+    for stage in ("evaluate_baseline", "agree_baseline")
+    for method in ("seeking", "laten")
+}
 EVALUATION_ONLY = {"data@asdiv", "evaluate@asdiv-student", "evaluate@asdiv-teacher"}  # every asdiv stage
 
 
@@ -54,6 +61,18 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(repr
     assert table["tasks"] == ["mmlu", "asdiv"]
     assert set(table["rows"]["teacher"]) == {"mmlu", "asdiv"} and set(table["rows"]["v1"]) == {"mmlu"}
     assert "asdiv" not in table["gap_closed"]["v1"]
+    agreement = table["agreement"]["mmlu"]
+    assert list(agreement) == ["student", "laten", "seeking", "sft", "v1"]
+    assert all(
+        agreement[v]["n"] == 4 and "kl_gap_closed" in agreement[v]["vs_student"] for v in list(agreement)[1:]
+    )
+    assert json.loads((project / "metrics/agreement/mmlu/v1.json").read_text())["kl"] == agreement["v1"]["kl"]
+    assert "Teacher agreement, mmlu" in (project / "report/table.md").read_text()
+    assert set(open_store(project / "data/cache/mmlu/agreement.zarr").arrays) == {
+        "topk_logprobs",
+        "topk_ids",
+        "rest_logmass",
+    }
     cka = json.loads((project / "metrics/cka/mmlu.json").read_text())
     assert cka["depth_map"] == [1, 2, 4] and len(cka["v1_aligned"]["best_teacher_layer"]) == 3
     html = (project / "report/index.html").read_text()
@@ -68,14 +87,21 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(repr
     # sft reads no targets: with the trained layer unchanged ([2] under either pairing) it retrains to the
     # very
     # same adapter bytes, so DVC reuses its evaluation
-    retrained = STUDENT_SIDE - {"evaluate_transfer@mmlu-sft"}
+    retrained = STUDENT_SIDE - {"evaluate_transfer@mmlu-sft", "agree_transfer@mmlu-sft"}
     changes = {
         "pair": ({"mode": "v2"}, retrained),
         "align": ({"map": "ridge"}, retrained - {"pair@mmlu"}),
         # adding an objective trains and evaluates only the new one
         "train": (
             {"objectives": ["v1", "sft", "v2"]},
-            {"train@mmlu-v2", "evaluate_transfer@mmlu-v2", "table", "cka@mmlu", "report"},
+            {
+                "train@mmlu-v2",
+                "evaluate_transfer@mmlu-v2",
+                "agree_transfer@mmlu-v2",
+                "table",
+                "cka@mmlu",
+                "report",
+            },
         ),
     }
     for key, (value, expected) in changes.items():
@@ -101,9 +127,19 @@ def test_training_runs_with_the_teacher_weights_gone(project):
         hidden.rename(teacher)
 
 
+def test_the_teacher_against_its_own_cached_agreement_split_has_kl_0_and_agrees_everywhere(project):
+    run([sys.executable, "stages/agree.py", "--task", "mmlu", "--variant", "teacher"], project)
+    summary = json.loads((project / "metrics/agreement/mmlu/teacher.json").read_text())
+    for out in ("metrics/agreement/mmlu/teacher.json", "data/agreement/mmlu/teacher.jsonl"):
+        (project / out).unlink()  # not a pipeline output: the project stays as `dvc repro` left it
+    assert summary["n"] == 4 and summary["kl"] == pytest.approx(0.0, abs=1e-6) and summary["top1"] == 1.0
+    student = json.loads((project / "metrics/agreement/mmlu/student.json").read_text())
+    assert student["kl"] > 1e-4 and student["tokens"] == summary["tokens"]
+
+
 def test_student_side_stages_never_depend_on_teacher_weights():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name in ("pair", "fold", "align", "train", "evaluate_transfer", "cka"):
+    for name in ("pair", "fold", "align", "train", "evaluate_transfer", "cka", "agree", "agree_transfer"):
         deps = stages[name].get("do", stages[name])["deps"]
         assert "data/models/teacher" not in deps, f"{name} must not load the teacher's weights"
     for name in ("seeking", "laten"):  # the baselines move parameters: they must say they read the teacher
@@ -118,13 +154,21 @@ def test_transfer_stages_run_on_transfer_tasks_and_data_and_evaluation_on_every_
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name in ("attribute", "cache", "pair", "align", "seeking", "laten"):
         assert stages[name]["foreach"] == "${transfer.tasks}", name
-    for name in ("train", "evaluate_transfer", "evaluate_baseline"):
+    for name in (
+        "train",
+        "evaluate_transfer",
+        "evaluate_baseline",
+        "agree",
+        "agree_transfer",
+        "agree_baseline",
+    ):
         assert stages[name]["matrix"]["task"] == "${transfer.tasks}", name
     assert stages["data"]["foreach"] == "${data.tasks}"
     assert stages["evaluate"]["matrix"]["task"] == "${data.tasks}"
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     tasks = params["data"]["tasks"]
     for task in params["transfer"]["tasks"]:  # every transfer task has the splits its stages read
-        assert all(tasks[task].get(split, 0) > 0 for split in ("attribution", "alignment", "training")), task
+        splits = ("attribution", "alignment", "training", "agreement")
+        assert all(tasks[task].get(split, 0) > 0 for split in splits), task
     assert {"asdiv", "humaneval"} <= set(tasks) - set(params["transfer"]["tasks"])
     assert set(params["evaluate"]["limit"]) >= set(tasks)  # each evaluated task has its size chosen
