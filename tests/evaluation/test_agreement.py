@@ -82,6 +82,8 @@ def test_answer_positions_are_those_predicting_a_target_token():
     labels = torch.tensor([[-100, -100, 7, 8, -100]])
     assert next_token_positions(mask, labels, "all").tolist() == [[True, True, True, True, False]]
     assert next_token_positions(mask, labels, "answer").tolist() == [[False, True, True, False, False]]
+    with pytest.raises(SemalignError, match="KL positions 'prompt' must be 'all' or 'answer'"):
+        next_token_positions(mask, labels, "prompt")
 
 
 def test_the_teacher_against_its_own_cache_has_kl_0_and_agrees_everywhere(tmp_path):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from semalign.errors import SemalignError
+
 IGNORE = -100
 EPS = 1e-8
 
@@ -116,6 +118,8 @@ def topk_kl_loss(
 def next_token_positions(attention_mask: torch.Tensor, labels: torch.Tensor, which: str) -> torch.Tensor:
     """`[B, T]` bool: the positions whose next-token distribution a KL term compares. "all": every real
     token (the distillation view); "answer": those predicting a target token (position t predicts t + 1)."""
+    if which not in ("all", "answer"):
+        raise SemalignError(f"KL positions {which!r} must be 'all' or 'answer'")
     if which == "all":
         return attention_mask.bool()
     positions = torch.zeros_like(attention_mask, dtype=torch.bool)
