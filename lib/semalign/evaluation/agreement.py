@@ -180,13 +180,13 @@ def agreement_display(table: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> l
                 [
                     variant,
                     str(s["n"]),
-                    f"{s['kl']:.4f} [{s['kl_ci_low']:.4f}, {s['kl_ci_high']:.4f}]",
+                    f"{s['kl']:.4g} [{s['kl_ci_low']:.4g}, {s['kl_ci_high']:.4g}]",
                     "—"
                     if vs is None
-                    else f"{vs['kl_diff']:+.4f} [{vs['kl_diff_low']:+.4f}, {vs['kl_diff_high']:+.4f}]",
+                    else f"{vs['kl_diff']:+.3g} [{vs['kl_diff_low']:+.3g}, {vs['kl_diff_high']:+.3g}]",
                     "—" if vs is None or vs["kl_gap_closed"] is None else f"{vs['kl_gap_closed']:.3f}",
                     f"{s['top1']:.3f} [{s['top1_ci_low']:.3f}, {s['top1_ci_high']:.3f}]",
-                    f"{s['answer_kl']:.4f}",
+                    f"{s['answer_kl']:.4g}",
                     f"{s['answer_top1']:.3f}",
                 ]
             )
