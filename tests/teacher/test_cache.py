@@ -44,6 +44,17 @@ def test_cached_states_equal_an_unpadded_forward(tmp_path):
     )
 
 
+def test_a_store_without_layers_holds_the_same_next_token_arrays_only(tmp_path):
+    encoded = make_inputs()
+    config = CacheConfig(dtype="float32", batch_size=3, top_k=5)
+    build_cache(tmp_path / "full.zarr", config, encoded)
+    build_cache(tmp_path / "topk.zarr", config, encoded, states=False)
+    full, topk = open_store(tmp_path / "full.zarr"), open_store(tmp_path / "topk.zarr")
+    assert set(topk.arrays) == {"topk_logprobs", "topk_ids", "rest_logmass"}
+    for name in topk.arrays:
+        assert torch.equal(topk.read(name), full.read(name)), name
+
+
 def test_bfloat16_contributions_are_the_rounded_float32_contributions(tmp_path):
     encoded = make_inputs()
     build_cache(tmp_path / "f32.zarr", CacheConfig(dtype="float32", batch_size=4), encoded)

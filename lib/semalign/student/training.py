@@ -46,6 +46,7 @@ from semalign.student.objectives import (
     cross_entropy_loss,
     interface_similarity,
     layer_cosine_loss,
+    next_token_positions,
     output_cosine_loss,
     relation_geometry_loss,
     topk_kl_loss,
@@ -281,10 +282,7 @@ def _output_term(config: TrainConfig, logits: torch.Tensor, batch: TrainingBatch
         return output_cosine_loss(logits, batch.labels)
     if config.objective == "sft":
         return cross_entropy_loss(logits, batch.labels)
-    positions = batch.attention_mask.bool()
-    if config.kl_positions == "answer":  # the distribution at t is over the token at t + 1
-        positions = torch.zeros_like(positions)
-        positions[:, :-1] = batch.labels[:, 1:] != -100
+    positions = next_token_positions(batch.attention_mask, batch.labels, config.kl_positions)
     return topk_kl_loss(logits, batch.topk_logprobs, batch.topk_ids, batch.rest_logmass, positions)
 
 

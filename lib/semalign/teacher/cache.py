@@ -6,7 +6,8 @@ Layout of one store (`[examples, tokens, ...]`, right-padded rows as in the toke
     topk_logprobs  `[N, T, k]` float32  log-probabilities of the k most likely next tokens
     topk_ids       `[N, T, k]` int32
     rest_logmass   `[N, T]`    float32  log of the mass outside the top k
-Positions outside the attention mask are zero. A chunk is `batch_size` consecutive examples, so one
+Positions outside the attention mask are zero. A store made with no layers (`layers=[]`, the agreement
+split) holds only the three next-token arrays. A chunk is `batch_size` consecutive examples, so one
 forward pass writes one chunk of every array, and a resumed run recomputes exactly the unfinished ones.
 Δh is formed in float32 and then rounded, not formed from rounded states: on a real teacher's
 massive-activation tokens h_ℓ is up to ~900× larger than Δh_ℓ, and Δh from bfloat16 h there points anywhere
@@ -81,7 +82,8 @@ def kept_layers(config: CacheConfig, num_layers: int) -> list[int]:
 def cache_arrays(
     num_examples: int, max_length: int, d_model: int, layers: list[int], config: CacheConfig
 ) -> dict[str, ArraySpec]:
-    """The arrays of one cache store and their chunking (one chunk per `batch_size` examples)."""
+    """The arrays of one cache store and their chunking (one chunk per `batch_size` examples); `layers` empty:
+    the next-token arrays only."""
     rows = config.batch_size
     arrays = {
         state_name(ell): ArraySpec((num_examples, max_length, d_model), config.dtype, rows) for ell in layers
@@ -145,13 +147,14 @@ def write_teacher_cache(
     shard: Shard = Shard(),
 ) -> int:
     """Fill every unfinished chunk of `writer` (arrays from `cache_arrays`) that `shard` owns from teacher
-    forward passes (one chunk = one batch, so a chunk is the same whichever process computes it).
+    forward passes (one chunk = one batch, so a chunk is the same whichever process computes it). The residual
+    states recorded are those of the kept layers that `writer` has arrays for (none: top-k only).
 
     Returns the number of chunks computed in this call (0 when the store was already complete).
     """
-    layers = kept_layers(config, model_info(model).num_layers)
-    recorded = sorted(set(layers) | {ell - 1 for ell in layers if ell > 0})  # Δh_ℓ needs h_{ℓ−1}
     names = list(writer.arrays)
+    layers = [ell for ell in kept_layers(config, model_info(model).num_layers) if state_name(ell) in names]
+    recorded = sorted(set(layers) | {ell - 1 for ell in layers if ell > 0})  # Δh_ℓ needs h_{ℓ−1}
     pending = sorted({chunk for name in names for chunk in writer.pending_chunks(name) if shard.owns(chunk)})
     num_tokens = encoded.input_ids.shape[1]
     with BackgroundWriter(writer, workers=config.writers) as background:
