@@ -106,7 +106,8 @@ def agreement_rows(
         if int(teacher["topk_ids"].max()) >= logits.shape[-1]:
             raise SemalignError(
                 f"the teacher's top-k ids reach {int(teacher['topk_ids'].max())} but this model's vocabulary "
-                f"has {logits.shape[-1]} tokens; pass the vocabulary map of `fold` (data/maps/vocab.safetensors)"
+                f"has {logits.shape[-1]} tokens; pass the vocabulary map of `fold` "
+                "(data/maps/vocab.safetensors)"
             )
         per_token = {
             "kl": topk_kl(logits, teacher["topk_logprobs"], teacher["topk_ids"], teacher["rest_logmass"]),
