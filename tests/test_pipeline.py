@@ -168,7 +168,7 @@ def test_a_damaged_cache_is_named_by_its_reader_and_repaired_by_the_advised_comm
     alignment, training = (project / f"data/cache/mmlu/{split}.zarr" for split in ("alignment", "training"))
     clean = {store: _store_files(store) for store in (alignment, training)}
 
-    (alignment / "h_01" / "c.0.0.0").unlink()  # read as zeros before chunks were verified
+    (alignment / "dh_01" / "c.0.0.0").unlink()  # read as zeros before chunks were verified
     failed = subprocess.run(
         [sys.executable, "stages/align.py", "--task", "mmlu"],
         cwd=project,
@@ -179,8 +179,8 @@ def test_a_damaged_cache_is_named_by_its_reader_and_repaired_by_the_advised_comm
     )
     assert failed.returncode != 0
     assert failed.stderr.strip().splitlines()[-1] == (
-        "semalign.errors.SemalignError: store data/cache/mmlu/alignment.zarr: chunk 0 of array 'h_01' is "
-        "missing (no file h_01/c.0.0.0); rebuild it with `dvc repro -f cache@mmlu` (it recomputes the bad "
+        "semalign.errors.SemalignError: store data/cache/mmlu/alignment.zarr: chunk 0 of array 'dh_01' is "
+        "missing (no file dh_01/c.0.0.0); rebuild it with `dvc repro -f cache@mmlu` (it recomputes the bad "
         "chunks)"
     )
     run([sys.executable, "-m", "dvc", "repro", "-f", "cache@mmlu"], project)

@@ -154,10 +154,10 @@ def test_sigkill_then_resume_gives_identical_bytes(tmp_path):
 def test_a_teacher_producing_nan_stops_the_cache_naming_the_chunk(tmp_path):
     model = tiny_model("qwen2", seed=1, num_layers=NUM_LAYERS, hidden_size=WIDTH)
     with torch.no_grad():
-        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")  # layer 2: h_02 on is NaN
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")  # layer 2: Δh_02 on is NaN
     config = CacheConfig(dtype="bfloat16", batch_size=2, writers=1)
     with pytest.raises(
-        SemalignError, match=r"chunk 0 of 'h_02' \(rows 0\.\.1\) holds \d+ NaN/inf values and is not "
+        SemalignError, match=r"chunk 0 of 'dh_02' \(rows 0\.\.1\) holds \d+ NaN/inf values and is not "
     ):
         build_cache(tmp_path / "cache.zarr", config, make_inputs(num_examples=4), model)
     with pytest.raises(SemalignError, match="incomplete"):
