@@ -18,14 +18,16 @@ from semalign.teacher.attribution import AttributeConfig, layer_scores, plot_lay
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", required=True)
+    parser.add_argument("--data", type=Path, required=True, help="the task's folder (attribution split read)")
+    parser.add_argument("--model", type=Path, required=True, help="the teacher's model directory")
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--plot", type=Path, required=True, help="plot path without suffix (.json, .png)")
     args = parser.parse_args()
     config = read_section(AttributeConfig, "attribute")
 
-    encoded, _ = load_split(Path("data/tasks") / args.task, "attribution")
-    model, _ = load_hf_dir(Path("data/models/teacher"))
-    model.requires_grad_(
-        False
-    )  # only activation gradients are used; parameter gradients would double the cost
+    encoded, _ = load_split(args.data, "attribution")
+    model, _ = load_hf_dir(args.model)
+    model.requires_grad_(False)  # only activation gradients are used; parameter ones would double the cost
     result = layer_scores(
         model,
         encoded.input_ids,
@@ -35,29 +37,24 @@ def main() -> None:
         target=config.target,
     )
 
+    top_layer = int(torch.tensor(result.scores).argmax()) + 1
     write_json(
-        Path("metrics/attribution") / f"{args.task}.json",
+        args.metrics,
         {
             "task": args.task,
             "target": result.target,
             "aggregation": result.aggregation,
             "num_examples": result.num_examples,
             "num_layers": len(result.scores),
-            "top_layer": int(torch.tensor(result.scores).argmax()) + 1,
+            "top_layer": top_layer,
             "scores": result.scores,
             "raw": result.raw,
         },
     )
-    write_json(Path("plots/attribution") / f"{args.task}.json", scores_to_plot_rows(result.scores))
-    plot_layer_scores(
-        result.scores,
-        Path("plots/attribution") / f"{args.task}.png",
-        f"teacher layer attribution ({args.task}, {result.target})",
-    )
-    print(
-        f"attribute {args.task}: top layer {int(torch.tensor(result.scores).argmax()) + 1} of "
-        f"{len(result.scores)}"
-    )
+    write_json(args.plot.with_suffix(".json"), scores_to_plot_rows(result.scores))
+    title = f"teacher layer attribution ({args.task}, {result.target})"
+    plot_layer_scores(result.scores, args.plot.with_suffix(".png"), title)
+    print(f"attribute {args.task}: top layer {top_layer} of {len(result.scores)}")
 
 
 if __name__ == "__main__":

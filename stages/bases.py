@@ -17,11 +17,13 @@ from semalign.teacher.bases import BasesConfig, write_bases
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--role", choices=["teacher", "student"], required=True)
+    parser.add_argument("--model", type=Path, required=True, help="this role's model directory")
+    parser.add_argument("--out", type=Path, required=True, help="the bases store")
+    parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
     config = read_section(BasesConfig, "bases")
 
-    model_dir = Path("data/models") / args.role
-    model, _ = load_hf_dir(model_dir)
+    model, _ = load_hf_dir(args.model)
     info = model_info(model)
     metrics = {
         "role": args.role,
@@ -29,12 +31,10 @@ def main() -> None:
         "d_model": info.d_model,
         "variants": config.variants,
     }
-    model_id = f"{info.arch}:{sha256_of(model_dir / 'model.safetensors')}"
-    seconds = write_bases(
-        model, Path("data/bases") / f"{args.role}.zarr", model_id, tuple(config.variants), config.chunk_rows
-    )
+    model_id = f"{info.arch}:{sha256_of(args.model / 'model.safetensors')}"
+    seconds = write_bases(model, args.out, model_id, tuple(config.variants), config.chunk_rows)
     metrics["seconds"] = {name: round(value, 2) for name, value in seconds.items()}
-    write_json(Path("metrics/bases") / f"{args.role}.json", metrics)
+    write_json(args.metrics, metrics)
     print(
         f"bases {args.role}: {config.variants} [{info.vocab_size}, {info.d_model}] in {seconds['total']:.1f}s"
     )

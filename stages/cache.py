@@ -1,5 +1,6 @@
 """Stage `cache@<task>`: run the teacher once over the alignment and training splits and store its
-residual stream and top-k next-token distribution (lib/semalign/teacher/cache.py has the layout).
+residual stream and top-k next-token distribution (lib/semalign/teacher/cache.py has the layout), and over the
+agreement split its top-k next-token distribution only (what the `agree` stages compare every variant with).
 
 Killed at any point, a rerun resumes: finished chunks are journaled with their checksums and kept if they
 still verify, the rest recomputed (so `dvc repro -f cache@<task>` repairs a damaged store).
@@ -23,7 +24,8 @@ from semalign.models import load_hf_dir, model_info
 from semalign.store import StoresConfig
 from semalign.teacher.cache import CacheConfig, cache_arrays, kept_layers, write_teacher_cache
 
-SPLITS = ("alignment", "training")
+# split -> whether its residual states are stored (the agreement split needs only the next-token distribution)
+SPLITS = {"alignment": True, "training": True, "agreement": False}
 
 
 def main() -> None:
@@ -44,7 +46,7 @@ def main() -> None:
 
 
 def write_caches(task: str, config: CacheConfig, stores: StoresConfig, ranks: Ranks) -> dict:
-    """Cache both splits of `task` (this rank's share of their chunks) where `stores` says; the metrics of
+    """Cache the splits of `task` (this rank's share of their chunks) where `stores` says; the metrics of
     the run."""
     teacher_dir = Path("data/models/teacher")
     model, _ = load_hf_dir(teacher_dir, device=ranks.device)
@@ -52,8 +54,9 @@ def write_caches(task: str, config: CacheConfig, stores: StoresConfig, ranks: Ra
     layers = kept_layers(config, info.num_layers)
     weights = sha256_of(teacher_dir / "model.safetensors")
     metrics = {"task": task, "layers": layers, "dtype": config.dtype, "top_k": config.top_k, "splits": {}}
-    for split in SPLITS:
+    for split, with_states in SPLITS.items():
         encoded, _ = load_split(Path("data/tasks") / task, split)
+        stored_layers = layers if with_states else []
         data_hash = data_fingerprint(encoded.tensors())
         identity = {
             "teacher_weights_sha256": weights,
@@ -61,7 +64,7 @@ def write_caches(task: str, config: CacheConfig, stores: StoresConfig, ranks: Ra
             "config": asdict(config),
         }
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        arrays = cache_arrays(*encoded.input_ids.shape, info.d_model, layers, config)
+        arrays = cache_arrays(*encoded.input_ids.shape, info.d_model, stored_layers, config)
         local = Path("data/cache") / task / f"{split}.zarr"
         started = time.perf_counter()
         rebuild = f"dvc repro -f cache@{task}"
@@ -81,7 +84,7 @@ def write_caches(task: str, config: CacheConfig, stores: StoresConfig, ranks: Ra
                         "weights_sha256": weights,
                     },
                     "data_fingerprint": data_hash,
-                    "layers": layers,
+                    "layers": stored_layers,
                     "config": asdict(config),
                 },
                 local,

@@ -1,40 +1,49 @@
 """Stage `cka@<task>`: linear CKA between every teacher layer and every student layer on the task's
-alignment split, before and after transfer, with the teacher's states raw and mapped into student space.
+alignment split, before and after transfer, on the layers' contributions Δh_ℓ = h_ℓ − h_{ℓ−1} (layer 0: the
+embeddings h_0), with the teacher's raw and mapped into student space.
 
-Student-side: the teacher's states h_0..h_L come from the cache, never from its weights. "aligned" maps
-them with the semantic map of `fold` (row-normalised M h, paper §4.2); "after <objective>" is the student
-with that objective's adapter merged, for every objective in `train.objectives`. Writes
-metrics/cka/<task>.json (per student layer the best-matching teacher layer vs. the §4.1 depth map),
-plots/cka/<task>.png (heatmaps: raw and aligned, before and after each objective) and the matrices as JSON.
+Raw residual streams h are ≈ 1 for almost every layer pair (a few massive-activation dimensions dominate every
+h_ℓ), so they are kept only as one contrast panel ("before"). Student-side: the teacher's h_0, Δh come from
+the cache, never from its weights. "aligned" maps them with the semantic map of `fold` (M Δh/‖Δh‖, the
+paper's targets); "after <objective>" is the student with that objective's adapter merged, for every
+objective in `train.objectives`. Writes metrics/cka/<task>.json (per student layer the best-matching teacher
+layer vs. the §4.1 depth map), plots/cka/<task>.png (heatmaps) and the matrices as JSON.
 """
 
 import argparse
 import time
 from pathlib import Path
 
-import yaml
+import torch
 from safetensors.torch import load_file
 
 from semalign.align.alignment import decompose_recompose
 from semalign.align.pairing import depth_map
-from semalign.analysis.cka import CkaConfig, best_matches, cka_matrix, even_rows, plot_heatmaps
-from semalign.config import build
+from semalign.analysis.cka import (
+    CkaConfig,
+    best_matches,
+    cka_matrix,
+    even_rows,
+    layer_contributions,
+    plot_heatmaps,
+)
+from semalign.config import params_section, read_section
 from semalign.data import load_split
 from semalign.files import write_json
 from semalign.models import load_hf_dir, merge_adapter, model_info
 from semalign.progress import progress
 from semalign.store import open_store
 from semalign.teacher.activations import residual_states
-from semalign.teacher.cache import state_name
+from semalign.teacher.bases import VocabAlignment
+from semalign.teacher.cache import residual_stream
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", required=True)
     args = parser.parse_args()
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    config = build(CkaConfig, params.get("cka"), "cka")
-    objectives = params["train"]["objectives"]
+    config = read_section(CkaConfig, "cka")
+    objectives = params_section("train.objectives")
     started = time.perf_counter()
 
     encoded, _ = load_split(Path("data/tasks") / args.task, "alignment")
@@ -42,14 +51,24 @@ def main() -> None:
     keep = even_rows(int(real.sum()), config.max_tokens)
     cache = open_store(Path("data/cache") / args.task / "alignment.zarr")
     num_teacher = cache.manifest["teacher"]["num_layers"]
-    teacher_layers = range(num_teacher + 1)
-    teacher = [
-        cache.read(state_name(ell)).float()[real][keep]
-        for ell in progress(teacher_layers, desc=f"cka {args.task}: teacher cache", unit="layer")
+    stream = residual_stream(cache, num_teacher, 0, len(real))
+    residual = [
+        h[real][keep]
+        for _, h in progress(
+            stream, desc=f"cka {args.task}: teacher cache", total=num_teacher + 1, unit="layer"
+        )
     ]
+    contribution = layer_contributions(residual)
     folded = load_file("data/maps/maps.safetensors")["semantic"]
-    aligned = [decompose_recompose(h, folded) for h in teacher]
+    teacher = {
+        "contribution_raw": contribution,
+        "contribution_aligned": [decompose_recompose(dh, folded) for dh in contribution],
+    }
 
+    # the student reads the same text in its own token ids (teacher ids matched by token string)
+    student_ids = VocabAlignment.load("data/maps/vocab.safetensors").student_inputs(
+        encoded.input_ids, encoded.attention_mask
+    )
     students = {}
     for when in ["before", *objectives]:
         model, _ = load_hf_dir(Path("data/models/student"))
@@ -57,30 +76,36 @@ def main() -> None:
             model = merge_adapter(model, Path("data/adapters") / args.task / when)
         layers = range(model_info(model).num_layers + 1)
         states = residual_states(
-            model, encoded.input_ids, encoded.attention_mask, layers, desc=f"cka {args.task}: student {when}"
+            model, student_ids, encoded.attention_mask, layers, desc=f"cka {args.task}: student {when}"
         )
         students[when] = [states[ell][keep] for ell in layers]
         del model, states
     depth = depth_map(num_teacher, len(students["before"]) - 1)
 
+    def compare(teacher_states: list, student_states: list, name: str) -> torch.Tensor:
+        return cka_matrix(teacher_states, student_states, config.debiased, desc=f"cka {args.task}: {name}")
+
     matrices = {
-        f"{when}_{side}": cka_matrix(
-            teacher_states, students[when], config.debiased, desc=f"cka {args.task}: {when}/{side}"
-        )
+        f"{when}_{name}": compare(teacher_states, layer_contributions(students[when]), f"{when}_{name}")
+        for name, teacher_states in teacher.items()
         for when in students
-        for side, teacher_states in (("raw", teacher), ("aligned", aligned))
     }
+    matrices["before_residual_raw"] = compare(residual, students["before"], "before_residual_raw")
     summaries = {name: best_matches(matrix, depth) for name, matrix in matrices.items()}
 
     panels = {
-        f"{when if when == 'before' else 'after ' + when}, teacher {side}": matrices[f"{when}_{side}"]
+        f"Δh, {when if when == 'before' else 'after ' + when}, teacher {side}": matrices[
+            f"{when}_contribution_{side}"
+        ]
         for side in ("raw", "aligned")
         for when in students
     }
+    panels["raw residual stream h, before (contrast)"] = matrices["before_residual_raw"]
     plot_heatmaps(
         panels,
         Path("plots/cka") / f"{args.task}.png",
-        f"linear CKA{' (debiased)' if config.debiased else ''}, {args.task}, {len(keep)} tokens",
+        f"linear CKA{' (debiased)' if config.debiased else ''} of layer contributions Δh_ℓ = h_ℓ − h_ℓ₋₁ "
+        f"(layer 0: embeddings), {args.task}, {len(keep)} tokens",
         depth,
         columns=len(students),
     )
@@ -106,6 +131,7 @@ def main() -> None:
             "objectives": objectives,
             "tokens": len(keep),
             "debiased": config.debiased,
+            "quantity": "layer contributions Δh (layer 0: embeddings h_0); before_residual_raw: raw h",
             "depth_map": depth,
             **summaries,
             "seconds": round(time.perf_counter() - started, 1),

@@ -8,9 +8,7 @@ only for `evaluation`) gets its other splits written empty, and its metrics say 
 import argparse
 from pathlib import Path
 
-import yaml
-
-from semalign.config import build
+from semalign.config import params_section, read_section
 from semalign.data import DataConfig, encode, save_split, split_items
 from semalign.files import write_json
 from semalign.models import load_tokenizer
@@ -20,21 +18,26 @@ from semalign.tasks import load_task
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", required=True)
+    parser.add_argument("--tokenizer", type=Path, required=True, help="model directory of the tokenizer")
+    parser.add_argument("--out", type=Path, required=True, help="the task's folder of splits")
+    parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
-    params = yaml.safe_load(Path("params.yaml").read_text())["data"]
-    config = build(DataConfig, {**params, "tasks": {args.task: params["tasks"][args.task]}}, "data")
+    # only this task's entry: data@<task> tracks data.tasks.<task>, not the other tasks
+    tasks = {args.task: params_section(f"data.tasks.{args.task}")}
+    config = read_section(DataConfig, "data", drop=("tasks",), tasks=tasks)
     sizes = config.tasks[args.task]
 
     loaded = load_task(args.task, sizes.path)
     splits = split_items(loaded.items, sizes, config.seed)
-    tokenizer = load_tokenizer(Path("data/models/teacher"))
-    out = Path("data/tasks") / args.task
+    tokenizer = load_tokenizer(args.tokenizer)
     summaries = {
-        name: save_split(out, name, encode(items, tokenizer, config.max_length, config.chat_template), items)
+        name: save_split(
+            args.out, name, encode(items, tokenizer, config.max_length, config.chat_template), items
+        )
         for name, items in splits.items()
     }
     write_json(
-        Path("metrics/data") / f"{args.task}.json",
+        args.metrics,
         {
             "source": str(loaded.source),
             "items": len(loaded.items),

@@ -12,13 +12,9 @@ the results into the same file and writes the metrics (greedy results identical 
 """
 
 import argparse
-import hashlib
 import time
 from pathlib import Path
 
-import torch
-
-from semalign.baselines.delta import DELTA_FILE, apply_delta, load_delta
 from semalign.config import read_section
 from semalign.data import load_split
 from semalign.distributed import Ranks
@@ -29,30 +25,8 @@ from semalign.evaluation.runner import (
     merge_results,
     summarise_results,
 )
-from semalign.files import sha256_of, write_json
-from semalign.models import load_hf_dir, merge_adapter
-
-BASE_MODELS = ("teacher", "student")
-
-
-def load_variant(task: str, variant: str, device: str | torch.device):
-    """(model, tokenizer, sha256 over the weight files) of a base model or of the student + an adapter / a
-    delta."""
-    folders = [Path("data/models") / (variant if variant in BASE_MODELS else "student")]
-    model, tokenizer = load_hf_dir(folders[0], device=device)
-    if variant not in BASE_MODELS:
-        adapter = Path("data/adapters") / task / variant
-        model = (
-            apply_delta(model, load_delta(adapter)).eval()
-            if (adapter / DELTA_FILE).is_file()
-            else merge_adapter(model, adapter)
-        )
-        folders.append(adapter)
-    digest = hashlib.sha256()
-    for folder in folders:
-        for weights in sorted(folder.glob("*.safetensors")):
-            digest.update(f"{weights.name}:{sha256_of(weights)}|".encode())
-    return model, tokenizer, digest.hexdigest()
+from semalign.evaluation.variants import load_variant
+from semalign.files import write_json
 
 
 def main() -> None:

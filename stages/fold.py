@@ -12,14 +12,14 @@ All in float64; `align@<task>` applies them to cached states, `train` maps the c
 Stops when the shared tokens are fewer than `align.min_vocab_overlap` of the larger vocabulary.
 """
 
+import argparse
 import time
 from pathlib import Path
 
 from safetensors.torch import save_file
 
-from semalign.align.alignment import AlignConfig, folded_map, isotropy, random_self_map, shared_row_reader
+from semalign.align.alignment import AlignConfig, fold_maps, isotropy
 from semalign.config import read_section
-from semalign.errors import SemalignError
 from semalign.files import write_json
 from semalign.models import load_tokenizer
 from semalign.store import open_store
@@ -27,52 +27,31 @@ from semalign.teacher.bases import align_vocabularies, vocabulary_tokens
 
 
 def main() -> None:
-    config = read_section(AlignConfig, "align")
-    stores = {role: open_store(Path("data/bases") / f"{role}.zarr") for role in ("teacher", "student")}
-    vocab = align_vocabularies(
-        *(
-            vocabulary_tokens(load_tokenizer(Path("data/models") / role), stores[role].manifest["vocab_size"])
-            for role in ("teacher", "student")
-        ),
-        min_overlap=config.min_vocab_overlap,
-    )
-    variants = stores["student"].manifest["variants"]
-    if config.bases not in variants:
-        raise SemalignError(
-            f"align.bases {config.bases!r} was not computed; add it to bases.variants {variants}"
-        )
-    index = {
-        role: None if vocab.identical else getattr(vocab, f"{role}_index") for role in ("teacher", "student")
-    }
-
-    def reader(role: str, variant: str):
-        return shared_row_reader(stores[role], variant, index[role])
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--teacher", type=Path, required=True, help="the teacher's bases store")
+    parser.add_argument("--student", type=Path, required=True, help="the student's bases store")
+    parser.add_argument("--teacher-model", type=Path, required=True, help="model directory (tokenizer read)")
+    parser.add_argument("--student-model", type=Path, required=True, help="model directory (tokenizer read)")
+    parser.add_argument("--out", type=Path, required=True, help="the maps, safetensors")
+    parser.add_argument("--vocab", type=Path, required=True, help="the vocabulary map, safetensors")
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    # fold computes what the bases and the random control give; which map makes the targets is align's
+    config = read_section(AlignConfig, "align", drop=("map", "ridge", "fit_fraction", "interpolate"))
 
     started = time.perf_counter()
-    rows = vocab.kept
-    maps = {
-        "semantic": folded_map(
-            reader("student", config.bases), reader("teacher", config.bases), rows, config.chunk_rows
-        )
-    }
-    for role, store in stores.items():
-        for variant in variants:
-            maps[f"self_{role}_{variant}"] = folded_map(
-                reader(role, variant), reader(role, variant), rows, config.chunk_rows
-            )
-        maps[f"random_{role}"] = random_self_map(
-            rows, store.manifest["d_model"], config.control_seed, config.chunk_rows
-        )
-        for count in config.control_counts:
-            maps[f"random_{role}_{count}"] = random_self_map(
-                count, store.manifest["d_model"], config.control_seed, config.chunk_rows
-            )
-    out = Path("data/maps")
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({name: m.contiguous() for name, m in maps.items()}, str(out / "maps.safetensors"))
-    vocab.save(out / "vocab.safetensors")
+    stores = {"teacher": open_store(args.teacher), "student": open_store(args.student)}
+    models = {"teacher": args.teacher_model, "student": args.student_model}
+    vocab = align_vocabularies(
+        *(vocabulary_tokens(load_tokenizer(models[r]), stores[r].manifest["vocab_size"]) for r in models),
+        min_overlap=config.min_vocab_overlap,
+    )
+    maps = fold_maps(stores, vocab, config)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({name: m.contiguous() for name, m in maps.items()}, str(args.out))
+    vocab.save(args.vocab)
     write_json(
-        "metrics/fold.json",
+        args.metrics,
         {
             "bases": config.bases,
             "seconds": round(time.perf_counter() - started, 1),

@@ -17,19 +17,23 @@ from semalign.files import write_json
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--task", required=True)
+    parser.add_argument("--attribution", type=Path, required=True, help="metrics of attribute@<task>")
+    parser.add_argument("--teacher", type=Path, required=True, help="model directory (config.json read)")
+    parser.add_argument("--student", type=Path, required=True, help="model directory (config.json read)")
+    parser.add_argument("--out", type=Path, required=True, help="the pairing, JSON")
+    parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
     config = read_section(PairConfig, "pair")
 
-    attribution = json.loads((Path("metrics/attribution") / f"{args.task}.json").read_text())
     depth = {
-        role: AutoConfig.from_pretrained(Path("data/models") / role, local_files_only=True).num_hidden_layers
-        for role in ("teacher", "student")
+        role: AutoConfig.from_pretrained(path, local_files_only=True).num_hidden_layers
+        for role, path in (("teacher", args.teacher), ("student", args.student))
     }
+    attribution = json.loads(args.attribution.read_text())
     pairings = build_pairings(depth["teacher"], depth["student"], attribution["scores"], config)
-    write_json(Path("data/pairs") / f"{args.task}.json", {mode: p.to_json() for mode, p in pairings.items()})
+    write_json(args.out, {mode: p.to_json() for mode, p in pairings.items()})
     write_json(
-        Path("metrics/pair") / f"{args.task}.json",
+        args.metrics,
         {
             mode: {
                 "critical_teacher_layers": [c.teacher_layer for c in pairing.critical],
@@ -40,7 +44,7 @@ def main() -> None:
         },
     )
     trained = {mode: p.trained_student_layers for mode, p in pairings.items()}
-    print(f"pair {args.task}: trained student layers {trained}")
+    print(f"pair {args.out.stem}: trained student layers {trained}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Stage `table`: every metrics/eval/<task>/<variant>.json present -> metrics/table.json and report/table.md
 (paper Table 1 per evaluation protocol, lm_eval first: rows student, teacher, methods; columns tasks), with
 the gap each method closes and the paired tests against the student and sft from the per-item results in
-data/eval/<task>/<variant>/<protocol>.jsonl."""
+data/eval/<task>/<variant>/<protocol>.jsonl; then teacher agreement (KL to the teacher, top-1 agreement, KL
+gap closed) from every per-example data/agreement/<task>/<variant>.jsonl."""
 
 import json
 from pathlib import Path
 
+from semalign.evaluation.agreement import agreement_table, read_agreement
 from semalign.evaluation.runner import read_results
 from semalign.evaluation.table import build_tables, render_markdown
 from semalign.files import write_json
@@ -21,6 +23,7 @@ def main() -> None:
             if items.is_file():
                 results.setdefault(protocol, {}).setdefault(variant, {})[task] = read_results(items)
     tables = build_tables(summaries, results)
+    tables["agreement"] = agreement_table(read_agreement(Path("data/agreement")))
 
     write_json(Path("metrics/table.json"), tables)
     Path("report").mkdir(exist_ok=True)

@@ -50,16 +50,17 @@ def _ids(splits):
 
 def test_splits_are_disjoint_sized_and_independent_of_input_order():
     items = _math_items(100)
-    sizes = TaskConfig(evaluation=20, attribution=10, alignment=15, training=30)
+    sizes = TaskConfig(evaluation=20, attribution=10, alignment=15, training=30, agreement=12)
     splits = split_items(items, sizes, seed=7)
     assert {name: len(part) for name, part in splits.items()} == {
         "evaluation": 20,
         "attribution": 10,
         "alignment": 15,
         "training": 30,
+        "agreement": 12,
     }
     all_ids = [i for ids in _ids(splits).values() for i in ids]
-    assert len(set(all_ids)) == len(all_ids) == 75
+    assert len(set(all_ids)) == len(all_ids) == 87
     shuffled = items[:]
     random.Random(0).shuffle(shuffled)
     assert _ids(split_items(shuffled, sizes, seed=7)) == _ids(splits)
@@ -73,6 +74,18 @@ def test_evaluation_set_does_not_move_when_other_sizes_change():
     assert _ids(more)["evaluation"] == _ids(base)["evaluation"]
     grown = split_items(items, TaskConfig(evaluation=20, attribution=10, alignment=10, training=60), seed=3)
     assert _ids(grown)["training"][:10] == _ids(base)["training"]  # training grows, it does not reshuffle
+
+
+def test_adding_the_agreement_split_changes_no_other_split_and_takes_unused_items():
+    items = _math_items(100)
+    sizes = {"evaluation": 20, "attribution": 10, "alignment": 10, "training": 10}
+    before = _ids(split_items(items, TaskConfig(**sizes), seed=3))
+    after = _ids(split_items(items, TaskConfig(**sizes, agreement=30), seed=3))
+    assert before["agreement"] == [] and len(after["agreement"]) == 30
+    assert after | {"agreement": []} == before
+    used = {i for name, ids in before.items() for i in ids}
+    assert not used & set(after["agreement"])  # no attribution, alignment or training item is held out
+    assert not TaskConfig(evaluation=1, agreement=1).evaluation_only
 
 
 def test_too_large_sizes_and_duplicate_ids_are_refused():
@@ -238,6 +251,7 @@ def test_a_task_with_only_an_evaluation_size_is_evaluation_only():
         "attribution": 0,
         "alignment": 0,
         "training": 0,
+        "agreement": 0,
     }
     # The evaluation items are those a full-sized split of the same task would evaluate on.
     full = split_items(
@@ -255,7 +269,7 @@ def test_empty_splits_are_written_but_refused_when_loaded(tmp_path):
     assert sorted(path.name for path in folder.iterdir()) == sorted(splits)
     _, items = load_split(folder, "evaluation")
     assert [item.item_id for item in items] == _ids(splits)["evaluation"]
-    for name in ("attribution", "alignment", "training"):
+    for name in ("attribution", "alignment", "training", "agreement"):
         with pytest.raises(
             SemalignError,
             match=rf"'{name}' of asdiv is empty: data.tasks.asdiv.{name} is 0; "
@@ -284,7 +298,8 @@ def test_data_stage_writes_an_evaluation_only_task(tmp_path, monkeypatch):
     }  # other tasks are not read
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["data.py", "--task", "asdiv"])
+    paths = "--tokenizer data/models/teacher --out data/tasks/asdiv --metrics metrics/data/asdiv.json"
+    monkeypatch.setattr(sys, "argv", ["data.py", "--task", "asdiv", *paths.split()])
     runpy.run_path(str(STAGES / "data.py"), run_name="__main__")
     metrics = json.loads((tmp_path / "metrics/data/asdiv.json").read_text())
     assert metrics["evaluation_only"] is True
@@ -294,6 +309,7 @@ def test_data_stage_writes_an_evaluation_only_task(tmp_path, monkeypatch):
         "attribution": 0,
         "alignment": 0,
         "training": 0,
+        "agreement": 0,
     }
     encoded, items = load_split(tmp_path / "data/tasks/asdiv", "evaluation")
     assert encoded.input_ids.shape == (3, 48) and {item.task for item in items} == {"asdiv"}

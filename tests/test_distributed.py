@@ -26,7 +26,7 @@ from tiny_project import ROOT, run
 
 STORES = [
     f"data/{kind}/mmlu/{split}.zarr" for kind in ("cache", "targets") for split in ("alignment", "training")
-]
+] + ["data/cache/mmlu/agreement.zarr"]
 EVALUATED = (("mmlu", "teacher"), ("asdiv", "student"))
 
 

@@ -16,6 +16,7 @@ from semalign.models import (
     load_source,
     model_info,
     save_hf_dir,
+    source_sha256,
 )
 from semalign.testing import tiny_model, tiny_tokenizer
 
@@ -72,6 +73,53 @@ def test_gguf_with_wrong_checksum_is_rejected_before_loading(tmp_path):
     fake.write_bytes(b"GGUF not really")
     with pytest.raises(SemalignError, match="sha256 .* expected 00+"):
         load_source(ModelSource(source="gguf", path=str(fake), sha256="0" * 64))
+
+
+def _gguf(path, tensors: dict[str, tuple[int, int]]) -> bytes:
+    """A small GGUF file at `path` holding float32 ones of the given shapes; its bytes."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for name, shape in tensors.items():
+        writer.add_tensor(name, torch.ones(shape).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.001])
+def test_truncated_gguf_names_the_file_and_the_fix(tmp_path, keep):
+    whole = _gguf(tmp_path / "whole.gguf", {"a": (64, 64), "b": (128, 64)})
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole[: int(len(whole) * keep)])
+    with pytest.raises(SemalignError, match=f"GGUF file {cut} is truncated or damaged .*re-download it") as e:
+        load_source(ModelSource(source="gguf", path=str(cut)))
+    assert "\n" not in str(e.value)
+
+
+def test_source_hash_changes_when_a_model_is_replaced_in_place(tmp_path):
+    save_hf_dir(tiny_model("qwen2", seed=1), tiny_tokenizer(), tmp_path / "m")
+    source = ModelSource(source="hf_dir", path=str(tmp_path / "m"))
+    first = source_sha256(source)
+    assert source_sha256(source) == first
+    save_hf_dir(tiny_model("qwen2", seed=2), tiny_tokenizer(), tmp_path / "m")  # same path, new weights
+    assert source_sha256(source) != first
+    (tmp_path / "m" / "extra.txt").write_text("x")  # any file of the directory counts
+    assert len({first, source_sha256(source)}) == 2
+    gguf_file = tmp_path / "m.gguf"
+    _gguf(gguf_file, {"a": (4, 4)})
+    import hashlib
+
+    assert (
+        source_sha256(ModelSource(source="gguf", path=str(gguf_file)))
+        == hashlib.sha256(gguf_file.read_bytes()).hexdigest()
+    )
+    embedded_source = ModelSource(source="embedded", name="qwen2.5-coder-0.5b-instruct")
+    assert source_sha256(embedded_source) == embedded.EMBEDDED_MODELS["qwen2.5-coder-0.5b-instruct"].sha256
+    with pytest.raises(SemalignError, match="not a model directory"):
+        source_sha256(ModelSource(source="hf_dir", path=str(tmp_path / "none")))
 
 
 def test_source_validation_messages():

@@ -5,6 +5,7 @@ on."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,16 +13,26 @@ from pathlib import Path
 import pytest
 import yaml
 
+from semalign.models import save_hf_dir
+from semalign.store import open_store
+from semalign.testing import tiny_model, tiny_tokenizer
 from tiny_project import ROOT, ran_stages, run
 
 TEACHER_SIDE = {"materialize@teacher", "bases@teacher", "data@mmlu", "attribute@mmlu", "cache@mmlu"}
 TRANSFER = {
-    f"{stage}@mmlu-{objective}" for stage in ("train", "evaluate_transfer") for objective in ("v1", "sft")
+    f"{stage}@mmlu-{objective}"
+    for stage in ("train", "evaluate_transfer", "agree_transfer")
+    for objective in ("v1", "sft")
 }
 STUDENT_SIDE = {"pair@mmlu", "align@mmlu", "table", "cka@mmlu", "report"} | TRANSFER
-EVALUATED = {"evaluate@mmlu-student", "evaluate@mmlu-teacher"}
-BASELINES = {"seeking@mmlu", "laten@mmlu", "evaluate_baseline@mmlu-seeking", "evaluate_baseline@mmlu-laten"}
+EVALUATED = {"evaluate@mmlu-student", "evaluate@mmlu-teacher", "agree@mmlu-student"}
+BASELINES = {"seeking@mmlu", "laten@mmlu"} | {
+    f"{stage}@mmlu-{method}"
+    for stage in ("evaluate_baseline", "agree_baseline")
+    for method in ("seeking", "laten")
+}
 EVALUATION_ONLY = {"data@asdiv", "evaluate@asdiv-student", "evaluate@asdiv-teacher"}  # every asdiv stage
+SOURCES = {"source@teacher", "source@student"}  # hash the models outside the repo: run on every repro
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +74,21 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(repr
     assert headline["tasks"] == ["mmlu"] and chat["tasks"] == ["mmlu", "asdiv"]
     assert set(chat["rows"]["teacher"]) == {"mmlu", "asdiv"} and set(chat["rows"]["v1"]) == {"mmlu"}
     assert "asdiv" not in chat["gap_closed"]["v1"]
+    agreement = tables["agreement"]["mmlu"]
+    assert list(agreement) == ["student", "laten", "seeking", "sft", "v1"]
+    assert all(
+        agreement[v]["n"] == 4 and "kl_gap_closed" in agreement[v]["vs_student"] for v in list(agreement)[1:]
+    )
+    assert json.loads((project / "metrics/agreement/mmlu/v1.json").read_text())["kl"] == agreement["v1"]["kl"]
+    assert "Teacher agreement, mmlu" in (project / "report/table.md").read_text()
+    assert set(open_store(project / "data/cache/mmlu/agreement.zarr").arrays) == {
+        "topk_logprobs",
+        "topk_ids",
+        "rest_logmass",
+    }
     cka = json.loads((project / "metrics/cka/mmlu.json").read_text())
-    assert cka["depth_map"] == [1, 2, 4] and len(cka["v1_aligned"]["best_teacher_layer"]) == 3
+    assert cka["depth_map"] == [1, 2, 4] and len(cka["v1_contribution_aligned"]["best_teacher_layer"]) == 3
+    assert len(cka["before_residual_raw"]["best_teacher_layer"]) == 3
     html = (project / "report/index.html").read_text()
     assert html.count("data:image/png;base64,") == len(list((project / "plots").rglob("*.png"))) >= 6
     assert "plots/cka/mmlu.png" in html and (project / "report/README.md").is_file()
@@ -79,14 +103,21 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(repr
 
     # sft reads no targets: with the trained layers unchanged it retrains to the very same adapter bytes, so
     # DVC reuses its evaluation. The v2 window changes only the v2 pairing: v1 retrains to the same bytes too.
-    retrained = STUDENT_SIDE - {"evaluate_transfer@mmlu-sft"}
+    retrained = STUDENT_SIDE - {"evaluate_transfer@mmlu-sft", "agree_transfer@mmlu-sft"}
     changes = {
         "pair": ({"window": 1}, {"pair@mmlu", "align@mmlu", "train@mmlu-v1", "train@mmlu-sft", "report"}),
         "align": ({"map": "ridge"}, retrained - {"pair@mmlu"}),
         # adding an objective trains and evaluates only the new one
         "train": (
             {"objectives": ["v1", "sft", "v2"]},
-            {"train@mmlu-v2", "evaluate_transfer@mmlu-v2", "table", "cka@mmlu", "report"},
+            {
+                "train@mmlu-v2",
+                "evaluate_transfer@mmlu-v2",
+                "agree_transfer@mmlu-v2",
+                "table",
+                "cka@mmlu",
+                "report",
+            },
         ),
     }
     for key, (value, expected) in changes.items():
@@ -94,7 +125,7 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(repr
         params[key].update(value)
         (project / "params.yaml").write_text(yaml.safe_dump(params))
         output = run([sys.executable, "-m", "dvc", "repro"], project)
-        assert ran_stages(output) == expected, output
+        assert ran_stages(output) == expected | SOURCES, output
         for stage in (
             TEACHER_SIDE | EVALUATED | BASELINES | EVALUATION_ONLY | (TRANSFER if key == "train" else set())
         ):
@@ -137,7 +168,7 @@ def test_a_damaged_cache_is_named_by_its_reader_and_repaired_by_the_advised_comm
     alignment, training = (project / f"data/cache/mmlu/{split}.zarr" for split in ("alignment", "training"))
     clean = {store: _store_files(store) for store in (alignment, training)}
 
-    (alignment / "h_01" / "c.0.0.0").unlink()  # read as zeros before chunks were verified
+    (alignment / "dh_01" / "c.0.0.0").unlink()  # read as zeros before chunks were verified
     failed = subprocess.run(
         [sys.executable, "stages/align.py", "--task", "mmlu"],
         cwd=project,
@@ -148,27 +179,37 @@ def test_a_damaged_cache_is_named_by_its_reader_and_repaired_by_the_advised_comm
     )
     assert failed.returncode != 0
     assert failed.stderr.strip().splitlines()[-1] == (
-        "semalign.errors.SemalignError: store data/cache/mmlu/alignment.zarr: chunk 0 of array 'h_01' is "
-        "missing (no file h_01/c.0.0.0); rebuild it with `dvc repro -f cache@mmlu` (it recomputes the bad "
+        "semalign.errors.SemalignError: store data/cache/mmlu/alignment.zarr: chunk 0 of array 'dh_01' is "
+        "missing (no file dh_01/c.0.0.0); rebuild it with `dvc repro -f cache@mmlu` (it recomputes the bad "
         "chunks)"
     )
     run([sys.executable, "-m", "dvc", "repro", "-f", "cache@mmlu"], project)
-    assert _chunks_computed(project) == {"alignment": 1, "training": 0}
+    assert _chunks_computed(project) == {"alignment": 1, "training": 0, "agreement": 0}
     assert _store_files(alignment) == clean[alignment]
 
     chunk = training / "topk_logprobs" / "c.1.0.0"
     chunk.write_bytes(chunk.read_bytes()[:10])  # truncated: a zstd error before chunks were verified
     output = run([sys.executable, "-m", "dvc", "repro", "cache@mmlu"], project)
     assert ran_stages(output) == {"cache@mmlu"}  # DVC sees the damaged out; the rerun recomputes one chunk
-    assert _chunks_computed(project) == {"alignment": 0, "training": 1}
+    assert _chunks_computed(project) == {"alignment": 0, "training": 1, "agreement": 0}
     assert _store_files(training) == clean[training]
     status = run([sys.executable, "-m", "dvc", "status", "align@mmlu"], project)
     assert "Data and pipelines are up to date." in status  # the repaired cache is the one align used
 
 
+def test_the_teacher_against_its_own_cached_agreement_split_has_kl_0_and_agrees_everywhere(project):
+    run([sys.executable, "stages/agree.py", "--task", "mmlu", "--variant", "teacher"], project)
+    summary = json.loads((project / "metrics/agreement/mmlu/teacher.json").read_text())
+    for out in ("metrics/agreement/mmlu/teacher.json", "data/agreement/mmlu/teacher.jsonl"):
+        (project / out).unlink()  # not a pipeline output: the project stays as `dvc repro` left it
+    assert summary["n"] == 4 and summary["kl"] == pytest.approx(0.0, abs=1e-6) and summary["top1"] == 1.0
+    student = json.loads((project / "metrics/agreement/mmlu/student.json").read_text())
+    assert student["kl"] > 1e-4 and student["tokens"] == summary["tokens"]
+
+
 def test_student_side_stages_never_depend_on_teacher_weights():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name in ("pair", "fold", "align", "train", "evaluate_transfer", "cka"):
+    for name in ("pair", "fold", "align", "train", "evaluate_transfer", "cka", "agree", "agree_transfer"):
         deps = stages[name].get("do", stages[name])["deps"]
         assert "data/models/teacher" not in deps, f"{name} must not load the teacher's weights"
     for name in ("seeking", "laten"):  # the baselines move parameters: they must say they read the teacher
@@ -183,15 +224,44 @@ def test_transfer_stages_run_on_transfer_tasks_and_data_and_evaluation_on_every_
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name in ("attribute", "cache", "pair", "align", "seeking", "laten"):
         assert stages[name]["foreach"] == "${transfer.tasks}", name
-    for name in ("train", "evaluate_transfer", "evaluate_baseline"):
+    for name in (
+        "train",
+        "evaluate_transfer",
+        "evaluate_baseline",
+        "agree",
+        "agree_transfer",
+        "agree_baseline",
+    ):
         assert stages[name]["matrix"]["task"] == "${transfer.tasks}", name
     assert stages["data"]["foreach"] == "${data.tasks}"
     assert stages["evaluate"]["matrix"]["task"] == "${data.tasks}"
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     tasks = params["data"]["tasks"]
     for task in params["transfer"]["tasks"]:  # every transfer task has the splits its stages read
-        assert all(tasks[task].get(split, 0) > 0 for split in ("attribution", "alignment", "training")), task
+        splits = ("attribution", "alignment", "training", "agreement")
+        assert all(tasks[task].get(split, 0) > 0 for split in splits), task
     assert {"asdiv", "humaneval"} <= set(tasks) - set(params["transfer"]["tasks"])
     assert set(params["evaluate"]["limit"]) >= set(tasks)  # each evaluated task has its size chosen
     assert set(params["evaluate"]["protocol"]) >= set(tasks)  # ... and its protocols
     assert params["evaluate"]["protocol"]["mmlu"] == ["lm_eval", "chat"]  # the headline is lm-eval's
+
+
+def test_a_student_replaced_in_place_makes_materialize_out_of_date(project, tmp_path):
+    """The model source lies outside the repo: `source@student` hashes it, so new weights at the same
+    hf_dir path change materialize@student's dep, and the same weights hashed again change nothing."""
+    dvc = [sys.executable, "-m", "dvc"]
+    run([*dvc, "repro", "source@student"], project)
+    assert "materialize@student" not in run([*dvc, "status", "materialize@student"], project)
+    student = project / "models" / "student"
+    shutil.copytree(student, tmp_path / "student")
+    try:
+        replaced = tiny_model(
+            "qwen2", seed=7, num_layers=3, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64
+        )
+        save_hf_dir(replaced, tiny_tokenizer(), student)
+        run([*dvc, "repro", "source@student"], project)
+        status = run([*dvc, "status", "materialize@student"], project)
+        assert "materialize@student" in status and "modified:" in status and "student.source.json" in status
+    finally:
+        shutil.rmtree(student)
+        shutil.copytree(tmp_path / "student", student)

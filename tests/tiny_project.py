@@ -47,12 +47,14 @@ def tiny_params(models: Path, task_file: Path, eval_only_file: Path) -> dict:
                 "attribution": 4,
                 "alignment": 4,
                 "training": 8,
+                "agreement": 4,
             },
             "asdiv": {"path": str(eval_only_file), "evaluation": 3},
         },
     )
     params["transfer"] = {"tasks": ["mmlu"]}
     params["cache"].update(top_k=4, batch_size=2)
+    params["agree"]["batch_size"] = 2  # the cache's batches: the teacher against its own cache is exact
     params["align"]["chunk_rows"] = 128
     # no LoRA dropout: training under torchrun then makes the very adapters one process makes
     params["train"].update(
@@ -78,8 +80,8 @@ def ran_stages(output: str) -> set[str]:
 
 def build_project(repo: Path) -> Path:
     """A git + DVC repository at `repo` with this checkout's stages and library, two tiny Qwen2 models
-    (teacher
-    4 layers d 48, student 3 layers d 32), 24 MMLU rows and the 4-item ASDiv fixture."""
+    (teacher 4 layers d 48, student 3 layers d 32), 24 MMLU rows (every one in a split) and the 4-item ASDiv
+    fixture."""
     shutil.copy(ROOT / "dvc.yaml", repo)
     shutil.copytree(ROOT / "stages", repo / "stages")
     shutil.copytree(ROOT / "lib", repo / "lib", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

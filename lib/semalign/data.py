@@ -1,9 +1,11 @@
 """Splits, prompts and tokenisation of benchmark items, and the on-disk form of a tokenised split.
 
 Splits: a task's items are sorted by `item_id` and permuted with a seeded numpy Generator; evaluation
-takes the first slice of the permutation, then attribution, alignment and training follow in that order.
-So the evaluation set depends only on the seed and its own size, and never changes when a later split
-grows or shrinks. A task with only an evaluation split (attribution = alignment = training = 0) is
+takes the first slice of the permutation, then attribution, alignment, training and agreement follow in that
+order. So the evaluation set depends only on the seed and its own size, and never changes when a later split
+grows or shrinks; agreement comes last, so adding it changes no other split. Agreement is the held-out split
+of teacher agreement (KL to the teacher's cached next-token distribution): no attribution, alignment or
+training step reads it. A task with only an evaluation split (attribution = alignment = training = 0) is
 evaluation-only: it is scored, never transferred on. Its empty splits are still written (0 rows), so every
 task's folder has the same layout, and `load_split` refuses to hand an empty split to a stage.
 
@@ -29,30 +31,32 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
-from semalign.config import build
+from semalign.config import at_least, build
 from semalign.errors import SemalignError
 from semalign.files import write_json
 from semalign.tasks import LETTERS, TASKS, TaskItem
 
-SPLITS = ("evaluation", "attribution", "alignment", "training")
+SPLITS = ("evaluation", "attribution", "alignment", "training", "agreement")
 _SENTINEL = "@@semalign-target@@"
 
 
 @dataclass(frozen=True)
 class TaskConfig:
     """One entry of `data.tasks`: the local file (None: the packaged default) and items per split.
-    Sizes left out are 0; a task with only `evaluation` is evaluation-only."""
+    Sizes left out are 0; a task with only `evaluation` is evaluation-only. `agreement` is the held-out split
+    on which every variant is compared with the teacher's next-token distribution."""
 
     path: str | None = None
-    evaluation: int = 0
-    attribution: int = 0
-    alignment: int = 0
-    training: int = 0
+    evaluation: int = at_least(0, 0)
+    attribution: int = at_least(0, 0)
+    alignment: int = at_least(0, 0)
+    training: int = at_least(0, 0)
+    agreement: int = at_least(0, 0)
 
     @property
     def evaluation_only(self) -> bool:
         """True when no split but evaluation has items: the task is scored, never transferred on."""
-        return self.attribution == self.alignment == self.training == 0
+        return self.attribution == self.alignment == self.training == self.agreement == 0
 
 
 @dataclass
@@ -60,8 +64,8 @@ class DataConfig:
     """The `data` section: tasks by name, token budget per example, split seed, chat formatting."""
 
     tasks: dict[str, TaskConfig]
-    max_length: int = 512
-    seed: int = 0
+    max_length: int = at_least(512, 2)  # one prompt + one target token
+    seed: int = at_least(0, 0)
     chat_template: bool = True
 
     def __post_init__(self):
@@ -72,20 +76,10 @@ class DataConfig:
             name: cfg if isinstance(cfg, TaskConfig) else build(TaskConfig, cfg, f"data.tasks.{name}")
             for name, cfg in self.tasks.items()
         }
-        for name, cfg in self.tasks.items():
-            for split in SPLITS:
-                if not isinstance(getattr(cfg, split), int) or getattr(cfg, split) < 0:
-                    raise SemalignError(
-                        f"data.tasks.{name}.{split} is {getattr(cfg, split)!r}; use an integer >= 0"
-                    )
-        if self.max_length < 2:
-            raise SemalignError(
-                f"data.max_length is {self.max_length}; use at least 2 (one prompt + one target token)"
-            )
 
 
 def split_items(items: Sequence[TaskItem], sizes: TaskConfig, seed: int) -> dict[str, list[TaskItem]]:
-    """Disjoint splits {evaluation, attribution, alignment, training} of one task's items."""
+    """Disjoint splits {evaluation, attribution, alignment, training, agreement} of one task's items."""
     ordered = sorted(items, key=lambda item: item.item_id)
     task = ordered[0].task if ordered else "?"
     if len({item.item_id for item in ordered}) != len(ordered):

@@ -8,7 +8,9 @@ module knows about GGUF and the shipped parts. Models are float32 on CPUs (no bf
 from __future__ import annotations
 
 import copy
+import hashlib
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from transformers import (
 
 from semalign.embedded import assemble_gguf, embedded_model, verify_sha256
 from semalign.errors import SemalignError
+from semalign.files import sha256_of
 
 SOURCES = ("embedded", "hf_dir", "gguf")
 
@@ -83,6 +86,23 @@ def load_source(
     with tempfile.TemporaryDirectory(prefix="semalign-gguf-") as tmp:
         gguf_path = assemble_gguf(spec, Path(tmp) / f"{spec.name}.gguf")
         return load_gguf(gguf_path, dtype=dtype)
+
+
+def source_sha256(source: ModelSource) -> str:
+    """Content hash of the model `source` names, so that a model replaced in place is seen as changed: the
+    recorded hash of an embedded GGUF (checked when it is assembled), a GGUF file's sha256, or for a Hugging
+    Face directory the sha256 over its files' relative names and sha256s, in name order."""
+    if source.source == "embedded":
+        return embedded_model(source.name).sha256
+    path = Path(source.path)
+    if source.source == "gguf":
+        if not path.is_file():
+            raise SemalignError(f"GGUF file {path} does not exist; fix models.<role>.path in params.yaml")
+        return sha256_of(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in _model_dir(path).rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}:{sha256_of(file)}\n".encode())
+    return digest.hexdigest()
 
 
 def _model_dir(path: str | Path) -> Path:
@@ -156,6 +176,24 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
 
 
+def check_gguf(path: Path) -> None:
+    """Stop with one line if `path` is not a whole GGUF file (cut short by a download or a copy): its tensors
+    must end within the file. transformers would fail later with a reshape traceback naming neither."""
+    from gguf import GGUFReader  # only the GGUF route needs it
+
+    size = path.stat().st_size
+    try:
+        end = max((t.data_offset + t.n_bytes for t in GGUFReader(path).tensors), default=0)
+    except (ValueError, IndexError) as err:  # the reader cannot parse what the file cuts short
+        end, detail = None, str(err)
+    if end is None or end > size:
+        needs = f"its tensors need {end} bytes" if end is not None else f"unreadable: {detail}"
+        raise SemalignError(
+            f"GGUF file {path} is truncated or damaged ({size} bytes; {needs}); re-download it "
+            "(or rerun `dvc repro materialize` for the embedded pair) and retry"
+        )
+
+
 def load_gguf(
     path: Path, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -163,6 +201,7 @@ def load_gguf(
     from transformers import GgufConfig  # only the GGUF route needs it (recent transformers only)
 
     path = Path(path)
+    check_gguf(path)
     model = AutoModelForCausalLM.from_pretrained(
         path.parent,
         gguf_file=path.name,
@@ -190,6 +229,28 @@ def save_hf_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     plain.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+
+
+def materialize(source: ModelSource, out_dir: Path) -> dict:
+    """Convert the model `source` names into a safetensors directory `out_dir`, once; what it is and how
+    long loading and saving took, for the stage's metrics."""
+    started = time.perf_counter()
+    model, tokenizer = load_source(source)
+    loaded = time.perf_counter()
+    save_hf_dir(model, tokenizer, out_dir)
+    info = model_info(model)
+    return {
+        "source": source.source,
+        "name": source.name or source.path,
+        "arch": info.arch,
+        "num_layers": info.num_layers,
+        "d_model": info.d_model,
+        "vocab_size": info.vocab_size,
+        "num_params": info.num_params,
+        "tied_head": info.tied_head,
+        "load_seconds": round(loaded - started, 1),
+        "save_seconds": round(time.perf_counter() - loaded, 1),
+    }
 
 
 def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:

@@ -94,6 +94,11 @@ def load_task(name: str, path: str | None = None) -> TaskData:
     source = path if path is not None else "/".join(_DEFAULTS[name][:2])
     if not file.exists():
         raise SemalignError(f"{name} file {file} does not exist; fix data.tasks.{name}.path in params.yaml")
+    if file.is_file() and file.stat().st_size <= 1 << 16 and not file.read_bytes().strip():
+        # the readers below fail on an empty file without naming it (StopIteration, "no data")
+        raise SemalignError(
+            f"{name} file {file} is empty; re-download it or point data.tasks.{name}.path at the task's file"
+        )
     items, skipped = _LOADERS[name](file)
     if not items:
         raise SemalignError(

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from semalign.align.alignment import (
+    AlignConfig,
     decompose_recompose,
     decompose_recompose_naive,
+    fold_maps,
     folded_map,
     interpolate,
     random_self_map,
@@ -164,3 +166,31 @@ def test_permuted_student_ids_fold_to_the_same_map(matched, tmp_path):
     # matched by index instead (the old fold), the swapped rows pair the wrong tokens
     wrong = folded_map(lambda a, b: s_s[perm][a:b], lambda a, b: matched[1][a:b], 50, 16)
     assert (wrong - m).abs().max() > 0.1
+
+
+class _Bases:
+    """A bases store in memory: `[vocab, d]` rows per variant and the manifest `fold` reads."""
+
+    def __init__(self, rows: dict[str, torch.Tensor]):
+        self.rows = rows
+        first = next(iter(rows.values()))
+        self.manifest = {"vocab_size": first.shape[0], "d_model": first.shape[1], "variants": list(rows)}
+
+    def read_rows(self, name, start, stop):
+        return self.rows[name][start:stop]
+
+
+def test_fold_maps_makes_every_map_from_the_bases_and_names_a_missing_variant():
+    torch.manual_seed(0)
+    vocab, d_t, d_s = 300, 12, 8
+    teacher = _Bases({v: unit_rows(torch.randn(vocab, d_t, dtype=torch.float64)) for v in ("head", "input")})
+    student = _Bases({v: unit_rows(torch.randn(vocab, d_s, dtype=torch.float64)) for v in ("head", "input")})
+    config = AlignConfig(bases="input", control_counts=(16,), chunk_rows=64)
+    same = align_vocabularies([f"t{i}" for i in range(vocab)], [f"t{i}" for i in range(vocab)])
+    maps = fold_maps({"teacher": teacher, "student": student}, same, config)
+    torch.testing.assert_close(maps["semantic"], student.rows["input"].T @ teacher.rows["input"])
+    torch.testing.assert_close(maps["self_teacher_head"], teacher.rows["head"].T @ teacher.rows["head"])
+    assert maps["random_student"].shape == (d_s, d_s) and maps["random_teacher_16"].shape == (d_t, d_t)
+    assert len(maps) == 1 + 2 * (2 + 1 + 1)
+    with pytest.raises(SemalignError, match="align.bases 'head_normed' was not computed; add it to bases"):
+        fold_maps({"teacher": teacher, "student": student}, same, AlignConfig(bases="head_normed"))

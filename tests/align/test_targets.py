@@ -12,7 +12,7 @@ from semalign.align.pairing import build_pairing
 from semalign.align.targets import TargetSpec, target_arrays, target_name, teacher_quantity, write_targets
 from semalign.errors import SemalignError
 from semalign.store import StoreWriter, open_store, to_storage
-from semalign.teacher.cache import CacheConfig, state_name
+from semalign.teacher.cache import CacheConfig, residual_stream, state_name
 
 D_STUDENT = 16
 
@@ -32,7 +32,7 @@ def test_targets_equal_the_mapped_interpolated_contribution(tmp_path):
         writer.finalize({})
     targets = open_store(tmp_path / "targets.zarr")
 
-    h = {ell: cache.read(state_name(ell)).double() for ell in range(NUM_LAYERS + 1)}
+    h = {ell: state.double() for ell, state in residual_stream(cache, NUM_LAYERS, 0, n)}
     first = pairs[0]
     assert (first.interp.a, first.interp.b) == (1, 2) and 0 < first.interp.lam < 1
     lam = first.interp.lam
@@ -51,7 +51,8 @@ def test_without_interpolation_the_paired_layer_is_used(tmp_path):
     pair = build_pairing(NUM_LAYERS, 2, [0.2, 0.5, 0.3], mode="v1").layers[0]
     got = teacher_quantity(cache, pair, use_interpolation=False, start=0, stop=2)
     ell = pair.teacher_layer
-    torch.testing.assert_close(got, cache.read(state_name(ell)) - cache.read(state_name(ell - 1)))
+    h = dict(residual_stream(cache, NUM_LAYERS, 0, 2))
+    torch.testing.assert_close(got, h[ell] - h[ell - 1], atol=1e-6, rtol=1e-5)
 
 
 def _poison(path, name: str, example: int) -> None:

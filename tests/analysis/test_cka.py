@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from semalign.analysis.cka import CkaConfig, best_matches, cka_matrix, even_rows, linear_cka, plot_heatmaps
+from semalign.analysis.cka import (
+    CkaConfig,
+    best_matches,
+    cka_matrix,
+    even_rows,
+    layer_contributions,
+    linear_cka,
+    plot_heatmaps,
+)
 from semalign.errors import SemalignError
 
 
@@ -93,6 +101,31 @@ def test_cka_matrix_rejects_mismatched_tokens():
         cka_matrix([_features(10, 3, 0)], [_features(9, 3, 1)])
     with pytest.raises(SemalignError, match="max_tokens"):
         CkaConfig(max_tokens=0)
+
+
+def test_contributions_show_the_layer_structure_that_a_massive_dimension_hides_in_raw_states():
+    # Layer ℓ writes c_ℓ; the student writes the same contributions rotated. Layer 1 also writes a massive
+    # activation (1000 on dim 0 of 3 tokens) that the residual stream carries to every later layer.
+    n, d, layers = 300, 16, 5
+    contributions = [_features(n, d, 40 + ell) for ell in range(layers + 1)]
+    contributions[1][:3, 0] += 1000.0
+    rotation, _ = torch.linalg.qr(_features(d, d, 50))
+    teacher = list(torch.stack(contributions).cumsum(0))
+    student = [h @ rotation for h in teacher]
+
+    got = layer_contributions(teacher)
+    assert len(got) == layers + 1 and torch.equal(got[0], teacher[0])
+    for ell in range(1, layers + 1):
+        torch.testing.assert_close(got[ell], contributions[ell], rtol=0, atol=1e-12)
+
+    raw = cka_matrix(teacher, student)
+    assert raw[1:, 1:].min() > 0.99, "the massive dimension makes every raw pair look alike"
+    deltas = cka_matrix(layer_contributions(teacher), layer_contributions(student))
+    off_diagonal = ~torch.eye(layers + 1, dtype=torch.bool)
+    torch.testing.assert_close(deltas.diagonal(), torch.ones(layers + 1, dtype=torch.float64))
+    assert deltas[off_diagonal].max() < 0.1
+    with pytest.raises(SemalignError, match=r"^layer_contributions needs at least the embeddings h_0$"):
+        layer_contributions([])
 
 
 def test_even_rows_and_best_matches():

@@ -66,6 +66,20 @@ def tree(tmp_path):
     (metrics / "eval/mmlu/v1.json").write_text(json.dumps({"seconds": 79.25}))
     (metrics / "bases.json").write_text(json.dumps({"seconds": {"head_gram": 1.0, "total": 48.0}}))
     (metrics / "pair.json").write_text(json.dumps({"pairs": 3}))
+    (metrics / "cka").mkdir()
+    summary = {"mean_cka": 0.3821, "mean_cka_at_depth_map": 0.655, "best_teacher_layer": [1, 2, 2]}
+    (metrics / "cka/mmlu.json").write_text(
+        json.dumps(
+            {
+                "tokens": 1182,
+                "quantity": "layer contributions Δh",
+                "depth_map": [1, 2, 4],
+                "before_contribution_raw": summary,
+                "before_residual_raw": summary | {"mean_cka": 0.7943},
+                "seconds": 3.0,
+            }
+        )
+    )
     (tmp_path / "data/cache/mmlu/alignment.zarr").mkdir(parents=True)
     (tmp_path / "data/cache/mmlu/alignment.zarr/c0").write_bytes(b"x" * 3000)
     (tmp_path / "data/cache/mmlu/alignment.zarr/c1").write_bytes(b"x" * 1000)
@@ -104,6 +118,12 @@ def test_report_has_results_paper_table_params_timings_and_sizes(tree):
         assert "52.90" in text and "50.30 (gap closed 0.70)" in text  # (50.30 - 44.20) / (52.90 - 44.20)
         assert "/m/teacher" in text and "max_tokens: 4096" in text
         assert "79.2" in text or "79.3" in text
+    cka = next(s for s in sections if s.title.startswith("Which teacher layer"))
+    assert "1182 tokens; layer contributions Δh" in cka.blocks[0].text
+    assert cka.blocks[0].rows == [
+        ["before_contribution_raw", "0.382", "0.655", "1 2 2"],
+        ["before_residual_raw", "0.794", "0.655", "1 2 2"],
+    ]
     md = render_markdown("run", sections, "../")
     assert "![plots/cka/mmlu.png](../plots/cka/mmlu.png)" in md
     assert "| data/cache/mmlu | 3.9 KiB |" in md and "| data/models/student | 10 B |" in md
@@ -112,6 +132,7 @@ def test_report_has_results_paper_table_params_timings_and_sizes(tree):
 def test_stage_seconds_reads_numbers_totals_and_missing_fields(tree):
     assert stage_seconds(tree / "metrics") == [
         ("bases.json", 48.0),
+        ("cka/mmlu.json", 3.0),
         ("eval/mmlu/v1.json", 79.25),
         ("pair.json", None),
         ("table.json", None),

@@ -10,14 +10,19 @@ so the `[tokens, vocab]` coefficient matrix is never formed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from semalign.config import at_least, between, positive
 from semalign.errors import SemalignError
 from semalign.progress import progress
-from semalign.store import Store
+
+if TYPE_CHECKING:  # stores and the vocabulary map are only read here
+    from semalign.store import Store
+    from semalign.teacher.bases import VocabAlignment
 
 LATENT_MAPS = ("semantic", "ridge", "procrustes")  # see semalign.align.latent_maps
 
@@ -35,13 +40,13 @@ class AlignConfig:
 
     bases: str = "head"
     map: str = "semantic"
-    ridge: float = 0.01
+    ridge: float = positive(0.01)
     fit_fraction: float = 0.5
     interpolate: bool = True
-    min_vocab_overlap: float = 0.9
-    control_seed: int = 0
-    control_counts: tuple[int, ...] = (256, 1024, 4096, 16384, 65536)
-    chunk_rows: int = 16384
+    min_vocab_overlap: float = between(0.9, 0.0, 1.0)
+    control_seed: int = at_least(0, 0)
+    control_counts: tuple[int, ...] = positive((256, 1024, 4096, 16384, 65536))
+    chunk_rows: int = positive(16384)
 
     def __post_init__(self):
         object.__setattr__(self, "control_counts", tuple(self.control_counts))
@@ -163,3 +168,43 @@ def isotropy(self_map: torch.Tensor) -> float:
     (then decompose→recompose returns any vector's direction unchanged), 0 when a direction is missing."""
     eigenvalues = torch.linalg.eigvalsh(self_map.double())
     return float(eigenvalues[0].clamp(min=0) / eigenvalues[-1])
+
+
+def fold_maps(
+    stores: Mapping[str, Store], vocab: VocabAlignment, config: AlignConfig
+) -> dict[str, torch.Tensor]:
+    """Every map `align` applies, float64, from the bases stores {"teacher", "student"} (`[vocab, d]` rows)
+    over the tokens `vocab` pairs by string: "semantic" M = S_S S_Tᵀ of `config.bases` (teacher row of a
+    token with the student row of the same token); "self_<role>_<variant>" S Sᵀ; "random_<role>" R Rᵀ for
+    as many random unit vectors as shared tokens and "random_<role>_<n>" for n in `config.control_counts`."""
+    variants = stores["student"].manifest["variants"]
+    if config.bases not in variants:
+        raise SemalignError(
+            f"align.bases {config.bases!r} was not computed; add it to bases.variants {variants}"
+        )
+    index = {
+        role: None if vocab.identical else getattr(vocab, f"{role}_index") for role in ("teacher", "student")
+    }
+
+    def reader(role: str, variant: str) -> RowReader:
+        return shared_row_reader(stores[role], variant, index[role])
+
+    rows = vocab.kept
+    maps = {
+        "semantic": folded_map(
+            reader("student", config.bases), reader("teacher", config.bases), rows, config.chunk_rows
+        )
+    }
+    for role, store in stores.items():
+        for variant in variants:
+            maps[f"self_{role}_{variant}"] = folded_map(
+                reader(role, variant), reader(role, variant), rows, config.chunk_rows
+            )
+        maps[f"random_{role}"] = random_self_map(
+            rows, store.manifest["d_model"], config.control_seed, config.chunk_rows
+        )
+        for count in config.control_counts:
+            maps[f"random_{role}_{count}"] = random_self_map(
+                count, store.manifest["d_model"], config.control_seed, config.chunk_rows
+            )
+    return maps

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from math import isfinite
 
+from semalign.config import at_least, positive
 from semalign.errors import SemalignError
 
 MODES = ("v1", "v2")
@@ -27,10 +28,10 @@ class PairConfig:
     layers; "all"); and frontier_layers: in v2, the consecutive student layers ending at each k† that train
     shallow to deep, one frontier at a time."""
 
-    num_critical: int = 1
-    window: int = 2
+    num_critical: int = positive(1)
+    window: int = at_least(2, 0)
     train_layers: str = "critical"
-    frontier_layers: int = 2
+    frontier_layers: int = positive(2)
 
 
 @dataclass(frozen=True)

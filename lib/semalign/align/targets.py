@@ -20,7 +20,7 @@ from semalign.align.pairing import LayerPair
 from semalign.distributed import Shard
 from semalign.progress import progress
 from semalign.store import ArraySpec, BackgroundWriter, Store, StoreWriter
-from semalign.teacher.cache import state_name
+from semalign.teacher.cache import read_contribution
 
 
 def target_name(student_layer: int, mode: str) -> str:
@@ -43,25 +43,17 @@ class TargetSpec:
         return target_name(self.pair.student_layer, self.mode)
 
 
-def teacher_contribution(cache: Store, layer: int, start: int, stop: int) -> torch.Tensor:
-    """Δh_ℓ = h_ℓ − h_{ℓ−1} for examples [start, stop): `[examples, tokens, d_teacher]` float32."""
-    return (
-        cache.read_rows(state_name(layer), start, stop).float()
-        - cache.read_rows(state_name(layer - 1), start, stop).float()
-    )
-
-
 def teacher_quantity(
     cache: Store, pair: LayerPair, use_interpolation: bool, start: int, stop: int
 ) -> torch.Tensor:
     """The teacher quantity that supervises `pair.student_layer`: `[examples, tokens, d_teacher]` float32."""
     if not use_interpolation:
-        return teacher_contribution(cache, pair.teacher_layer, start, stop)
+        return read_contribution(cache, pair.teacher_layer, start, stop)
     a, b, lam = pair.interp.a, pair.interp.b, pair.interp.lam
     if lam in (0.0, 1.0):  # an end point: read one layer, not two
-        return teacher_contribution(cache, b if lam else a, start, stop)
+        return read_contribution(cache, b if lam else a, start, stop)
     return interpolate(
-        teacher_contribution(cache, a, start, stop), teacher_contribution(cache, b, start, stop), lam
+        read_contribution(cache, a, start, stop), read_contribution(cache, b, start, stop), lam
     )
 
 

@@ -1,6 +1,14 @@
 """Analysis: linear CKA between teacher and student layers, and the self-contained report."""
 
-from semalign.analysis.cka import CkaConfig, best_matches, cka_matrix, even_rows, linear_cka, plot_heatmaps
+from semalign.analysis.cka import (
+    CkaConfig,
+    best_matches,
+    cka_matrix,
+    even_rows,
+    layer_contributions,
+    linear_cka,
+    plot_heatmaps,
+)
 from semalign.analysis.report import build_sections, render_html, render_markdown
 
 __all__ = [
@@ -9,6 +17,7 @@ __all__ = [
     "build_sections",
     "cka_matrix",
     "even_rows",
+    "layer_contributions",
     "linear_cka",
     "plot_heatmaps",
     "render_html",

@@ -23,6 +23,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from semalign.config import at_least
 from semalign.errors import SemalignError
 from semalign.progress import progress
 
@@ -32,7 +33,7 @@ class CkaConfig:
     """`cka` section: tokens compared per layer pair (evenly spaced over the split's real tokens; the
     matrix costs O(tokens² · Σ widths)); whether to use the debiased (unbiased HSIC) estimator."""
 
-    max_tokens: int = 4096
+    max_tokens: int = at_least(4096, 4)
     debiased: bool = False
 
     def __post_init__(self):
@@ -134,6 +135,16 @@ def cka_matrix(
         [[_cka(float(cross[i, j]), a, b, debiased) for j, b in enumerate(ys)] for i, a in enumerate(xs)],
         dtype=torch.float64,
     )
+
+
+def layer_contributions(states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """What each layer writes into the residual stream, from states h_0..h_L `[tokens, d]`: the embeddings
+    h_0 for layer 0, Δh_ℓ = h_ℓ − h_{ℓ−1} for ℓ ≥ 1. CKA between raw h is ≈ 1 for almost every layer pair,
+    because a few massive-activation dimensions, carried unchanged by the residual stream, dominate every
+    h_ℓ; each Δh holds only what its own layer adds."""
+    if not states:
+        raise SemalignError("layer_contributions needs at least the embeddings h_0")
+    return [states[0], *(after - before for before, after in zip(states, states[1:]))]
 
 
 def even_rows(count: int, limit: int) -> torch.Tensor:

@@ -151,6 +151,33 @@ def alignment_blocks(metrics: Mapping[str, Any], task: str) -> list[Block]:
     ]
 
 
+def cka_blocks(metrics: Mapping[str, Any], task: str) -> list[Block]:
+    """Per heatmap of one `cka` stage's metrics (metrics/cka/<task>.json): mean CKA, CKA at the §4.1 depth
+    map, and the best-matching teacher layer per student layer."""
+    panels = [name for name, value in metrics.items() if isinstance(value, Mapping) and "mean_cka" in value]
+    return [
+        Block(
+            text=f"**{task}: linear CKA, teacher layer × student layer** ({metrics['tokens']} tokens; "
+            f"{metrics['quantity']}; heatmaps in `plots/cka/{task}.png`)",
+            headers=[
+                "panel",
+                "mean CKA",
+                "mean CKA at the depth map",
+                "best teacher layer per student layer",
+            ],
+            rows=[
+                [
+                    name,
+                    f"{metrics[name]['mean_cka']:.3f}",
+                    f"{metrics[name]['mean_cka_at_depth_map']:.3f}",
+                    " ".join(str(t) for t in metrics[name]["best_teacher_layer"]),
+                ]
+                for name in panels
+            ],
+        )
+    ]
+
+
 def build_sections(root: str | Path, params: Mapping[str, Any]) -> list[Section]:
     """The report's sections from a project tree at `root` (metrics/, plots/, data/) and the run's params."""
     root = Path(root)
@@ -199,6 +226,16 @@ def build_sections(root: str | Path, params: Mapping[str, Any]) -> list[Section]
     ]
     if alignment:
         sections.append(Section("Is the alignment faithful? (this run)", alignment))
+
+    similarity = [
+        block
+        for path in sorted((root / "metrics/cka").glob("*.json"))
+        for block in cka_blocks(json.loads(path.read_text()), path.stem)
+    ]
+    if similarity:
+        sections.append(
+            Section("Which teacher layer does each student layer resemble? (this run)", similarity)
+        )
 
     plots = sorted((root / "plots").rglob("*.png")) if (root / "plots").is_dir() else []
     sections.append(

@@ -33,7 +33,9 @@ product per neuron, ~10⁴ per layer: hours on a CPU).
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,8 +43,10 @@ from transformers import PreTrainedModel
 
 from semalign.baselines.delta import target_linears, weight_keys
 from semalign.baselines.seeking import select_layers
+from semalign.config import at_least, positive
+from semalign.data import load_split
 from semalign.errors import SemalignError
-from semalign.models import decoder_layers, final_norm
+from semalign.models import decoder_layers, final_norm, load_hf_dir, model_info
 from semalign.progress import progress
 from semalign.student.objectives import cross_entropy_loss
 from semalign.teacher.activations import ResidualRecorder
@@ -59,16 +63,16 @@ class LatenConfig:
     the student's neurons per module that receive a delta; steps × batch_size alignment examples; AdamW lr and
     weight_decay; penalty: weight of mean(δ²); init_std: std of the hypernetworks' last layer."""
 
-    num_layers: int | None = None
+    num_layers: int | None = positive(None)
     neuron_fraction: float = 0.1
     target_modules: tuple[str, ...] = KINDS
-    steps: int = 16
-    batch_size: int = 4
-    lr: float = 1e-5
-    weight_decay: float = 0.05
-    penalty: float = 1000.0
-    init_std: float = 1e-3
-    seed: int = 0
+    steps: int = positive(16)
+    batch_size: int = positive(4)
+    lr: float = positive(1e-5)
+    weight_decay: float = at_least(0.05, 0)
+    penalty: float = at_least(1000.0, 0)
+    init_std: float = positive(1e-3)
+    seed: int = at_least(0, 0)
 
     def __post_init__(self):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
@@ -336,3 +340,62 @@ def neuron_delta(student: PreTrainedModel, hypernets: Hypernetworks, plan: Plan)
         )
         for site, delta in deltas.items()
     }
+
+
+@dataclass
+class LatenRun:
+    """What `run_laten` made: the student delta and its description (for `save_delta`), the teacher's layer
+    scores (a plot, layer 1..L) and the metrics."""
+
+    delta: dict[str, torch.Tensor]
+    description: dict
+    scores: list[float]
+    metrics: dict
+
+
+def run_laten(student_dir: Path, teacher_dir: Path, data_dir: Path, config: LatenConfig) -> LatenRun:
+    """LaTen from the model directories and a task's folder of splits: static attribution of both models on
+    the attribution split, hypernetworks trained on it, one injection."""
+    encoded, _ = load_split(data_dir, "attribution")
+    examples = (encoded.input_ids, encoded.attention_mask, encoded.labels)
+
+    student, _ = load_hf_dir(student_dir)
+    student.requires_grad_(False)
+    student_scores = attribute(student, *examples)
+    widths = {
+        kind: neuron_width(m.weight, kind)
+        for (ell, kind), m in target_linears(student, config.target_modules).items()
+        if ell == 1
+    }
+
+    teacher, _ = load_hf_dir(teacher_dir)
+    teacher.requires_grad_(False)
+    teacher_scores = attribute(teacher, *examples)
+    plan = plan_transfer(teacher, teacher_scores, student_scores, widths, config)
+    d_teacher = model_info(teacher).d_model
+    del teacher
+    gc.collect()
+
+    d_student = model_info(student).d_model
+    hypernets = Hypernetworks(config.target_modules, d_teacher, d_student, config.init_std, config.seed)
+    records = train_hypernetworks(student, hypernets, plan, *examples, config)
+    delta = neuron_delta(student, hypernets, plan)
+    received = sum(len(idx) for idx in plan.receivers.values()) * d_student
+    return LatenRun(
+        delta=delta,
+        description={
+            "method": "laten",
+            "teacher_layers": plan.teacher_layers,
+            "receivers": {f"{j}.{kind}": idx.tolist() for (j, kind), idx in plan.receivers.items()},
+        },
+        scores=[teacher_scores.layers[ell] for ell in sorted(teacher_scores.layers)],
+        metrics={
+            "teacher_layers": plan.teacher_layers,
+            "teacher_layer_gain": {str(ell): v for ell, v in teacher_scores.layers.items()},
+            "student_layer_gain": {str(ell): v for ell, v in student_scores.layers.items()},
+            "neurons_per_module": {kind: len(plan.receivers[(1, kind)]) for kind in config.target_modules},
+            "delta_rms_on_receivers": (sum(float(d.double().pow(2).sum()) for d in delta.values()) / received)
+            ** 0.5,
+            "steps": records,
+        },
+    )

@@ -23,18 +23,29 @@ the SemAlign paper's comparison.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
 from semalign.baselines.delta import target_linears, weight_keys
+from semalign.config import at_least, between, positive
+from semalign.data import load_split
 from semalign.errors import SemalignError
-from semalign.models import decoder_layers
+from semalign.models import decoder_layers, load_hf_dir
 from semalign.progress import progress
 from semalign.student.objectives import cross_entropy_loss
-from semalign.student.training import TrainConfig
+from semalign.student.training import (
+    TrainConfig,
+    add_lora,
+    step_batches,
+    steps_per_epoch,
+    token_tensors,
+    train,
+)
 
 Site = tuple[int, str]  # (layer ℓ = 1..L, module kind)
 
@@ -44,16 +55,16 @@ class SeekingConfig:
     """`seeking` section. num_layers: L_S teacher layers kept (null: the student's depth). The LoRA and
     optimiser keys are those of `train` and mean the same (post-alignment is cross-entropy fine-tuning)."""
 
-    num_layers: int | None = None
+    num_layers: int | None = positive(None)
     target_modules: tuple[str, ...] = ("up_proj", "down_proj", "v_proj", "o_proj")
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lr: float = 3e-4
-    epochs: int = 2
-    batch_size: int = 16
-    micro_batch_size: int = 4
-    seed: int = 0
+    lora_r: int = positive(16)
+    lora_alpha: int = positive(32)
+    lora_dropout: float = between(0.05, 0, 1, high_inclusive=False)
+    lr: float = positive(3e-4)
+    epochs: int = positive(2)
+    batch_size: int = positive(16)
+    micro_batch_size: int = positive(4)
+    seed: int = at_least(0, 0)
 
     def __post_init__(self):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
@@ -235,3 +246,82 @@ def lora_delta(
             scale * trained - b0.double() @ a0.double()
         ).float()
     return delta
+
+
+@dataclass
+class SeekingRun:
+    """What `run_seeking` made: the student delta and its description (for `save_delta`), each teacher
+    layer's share of the sensitivity (a plot, layer 1..L) and the metrics."""
+
+    delta: dict[str, torch.Tensor]
+    description: dict
+    shares: list[float]
+    metrics: dict
+
+
+def run_seeking(student_dir: Path, teacher_dir: Path, data_dir: Path, config: SeekingConfig) -> SeekingRun:
+    """SEEKING from the model directories and a task's folder of splits: sensitivities on the attribution
+    split, blocks of the top teacher layers as the student's LoRA init, post-alignment on the training
+    split."""
+    # Only the student's shapes are needed before the teacher: load it, read them, free it.
+    student, _ = load_hf_dir(student_dir)
+    student_linears = target_linears(student, config.target_modules)
+    shapes = {kind: tuple(m.weight.shape) for (ell, kind), m in student_linears.items() if ell == 1}
+    student_depth = max(ell for ell, _ in student_linears)
+    del student, student_linears
+
+    seed, _ = load_split(data_dir, "attribution")
+    teacher, _ = load_hf_dir(teacher_dir)
+    scores = sensitivity(teacher, seed.input_ids, seed.attention_mask, seed.labels, config.target_modules)
+    totals = layer_totals(scores)
+    layers = select_layers(totals, config.num_layers or student_depth)
+    blocks = extract_blocks(teacher, scores, layers, shapes)
+    del teacher, scores
+    gc.collect()
+
+    factors = {site: lora_factors(block.weight, config.lora_r) for site, block in blocks.items()}
+    student, _ = load_hf_dir(student_dir)
+    train_config = config.train_config()
+    model = add_lora(student, list(range(1, len(layers) + 1)), train_config)
+    inject(model, factors)
+    encoded, _ = load_split(data_dir, "training")
+    tensors = token_tensors(encoded)
+
+    def epoch_steps(epoch: int):
+        return step_batches(tensors, {}, train_config, torch.Generator().manual_seed(config.seed + epoch))
+
+    torch.manual_seed(config.seed)  # LoRA dropout masks follow seeking.seed, not whatever ran before
+    records = train(
+        model,
+        epoch_steps,
+        list(range(1, len(layers) + 1)),
+        train_config,
+        steps_per_epoch(len(encoded.input_ids), train_config),
+    ).records
+    total = sum(totals.values())
+    return SeekingRun(
+        delta=lora_delta(model, factors),
+        description={
+            "method": "seeking",
+            "teacher_layers": layers,
+            "lora_r": config.lora_r,
+            "blocks": {
+                f"{j}.{kind}": {"teacher_layer": b.teacher_layer, "row": b.row, "col": b.col}
+                for (j, kind), b in blocks.items()
+            },
+        },
+        shares=[totals[ell] / total for ell in sorted(totals)],
+        metrics={
+            "teacher_layers": layers,
+            "layer_sensitivity": {str(ell): v for ell, v in totals.items()},
+            "kept_share": sum(totals[ell] for ell in layers) / total,
+            # how much of each selected matrix's sensitivity its student-sized block holds, mean over layers
+            "block_share_mean": {
+                kind: sum(b.share for (_, k), b in blocks.items() if k == kind) / len(layers)
+                for kind in shapes
+            },
+            "steps": len(records),
+            "first_loss": records[0]["loss"] if records else None,
+            "final_loss": records[-1]["loss"] if records else None,
+        },
+    )

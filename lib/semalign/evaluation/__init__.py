@@ -2,4 +2,4 @@
 
 # Submodules, not re-exported names: the sandbox launcher imports `semalign.evaluation.sandbox` in a fresh
 # interpreter and must not pay for torch.
-__all__ = ["answers", "generation", "metrics", "runner", "sandbox", "table"]
+__all__ = ["agreement", "answers", "generation", "metrics", "runner", "sandbox", "table", "variants"]

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from semalign.config import at_least, positive
 from semalign.data import end_of_turn
 from semalign.distributed import Ranks, Shard
 from semalign.errors import SemalignError
@@ -87,15 +88,15 @@ class EvalConfig:
     headline. workers: sandbox processes in parallel. seed: of torch's RNG for sampling.
     """
 
-    batch_size: int = 8
-    max_new_tokens: int | dict[str, int] = 512
-    timeout_s: float = 3.0
-    n_samples: int = 1
-    temperature: float = 0.0
-    limit: dict[str, int | None] | None = None
+    batch_size: int = positive(8)
+    max_new_tokens: int | dict[str, int] = positive(512)
+    timeout_s: float = positive(3.0)
+    n_samples: int = positive(1)
+    temperature: float = at_least(0.0, 0)
+    limit: dict[str, int | None] | None = positive(None)
     protocol: str | list[str] | dict[str, str | list[str]] = "lm_eval"
-    workers: int = 2
-    seed: int = 0
+    workers: int = positive(2)
+    seed: int = at_least(0, 0)
 
     def __post_init__(self):
         for name in ("batch_size", "n_samples", "workers"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from semalign.evaluation.agreement import agreement_display
 from semalign.evaluation.prompts import PROTOCOLS
 from semalign.evaluation.runner import ItemResult, compare_paired
 
@@ -114,7 +115,7 @@ def result_tables(tables: Mapping[str, Any]) -> list[dict[str, Any]]:
     for i, protocol in enumerate(tables["protocols"]):
         label = f"{protocol} protocol" + (" (headline)" if i == 0 else "")
         shown += _protocol_tables(tables["tables"][protocol], label)
-    return shown
+    return shown + agreement_display(tables.get("agreement", {}))
 
 
 def _protocol_tables(table: Mapping[str, Any], label: str) -> list[dict[str, Any]]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from semalign.errors import SemalignError
+
 IGNORE = -100
 EPS = 1e-8
 
@@ -85,6 +87,30 @@ def log_rest(logprobs: torch.Tensor) -> torch.Tensor:
     return torch.log((-torch.expm1(covered)).clamp(min=torch.finfo(logprobs.dtype).tiny))
 
 
+def topk_kl(
+    logits: torch.Tensor, topk_logprobs: torch.Tensor, topk_ids: torch.Tensor, rest_logmass: torch.Tensor
+) -> torch.Tensor:
+    """KL(teacher ‖ model) per position `[B, T]` over k + 1 outcomes: the teacher's top-k tokens and the rest.
+
+    logits: `[B, T, vocab]` of the model; topk_logprobs, topk_ids: `[B, T, k]` from the cache, ids in the
+    model's vocabulary (−1: a teacher token the model lacks, whose mass joins the rest bucket; see
+    semalign.teacher.bases.VocabAlignment); rest_logmass: `[B, T]` log of the teacher's mass outside them.
+    The model's rest bucket is 1 − Σ p_model over the present top-k ids. This is the exact KL between both
+    distributions coarsened to those outcomes; by the log-sum inequality it is at most the full-vocabulary
+    KL, and equal to it with k = vocab.
+    """
+    present = topk_ids >= 0
+    model = torch.log_softmax(logits.float(), dim=-1)
+    model_top = model.gather(-1, topk_ids.long().clamp(min=0)).masked_fill(~present, -torch.inf)
+    model_rest = log_rest(model_top)
+    teacher_top = topk_logprobs.float().masked_fill(~present, -torch.inf)
+    # logsumexp over [rest, -inf, ...] is rest exactly: a fully shared vocabulary keeps the cached bucket
+    absent = topk_logprobs.float().masked_fill(present, -torch.inf)
+    teacher_rest = torch.logsumexp(torch.cat([rest_logmass.float()[..., None], absent], dim=-1), dim=-1)
+    top_terms = torch.where(present, teacher_top.exp() * (teacher_top - model_top), 0.0)
+    return top_terms.sum(-1) + teacher_rest.exp() * (teacher_rest - model_rest)
+
+
 def topk_kl_loss(
     logits: torch.Tensor,
     topk_logprobs: torch.Tensor,
@@ -92,22 +118,18 @@ def topk_kl_loss(
     rest_logmass: torch.Tensor,
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """v2 output term: KL(teacher ‖ student) over k + 1 buckets, the teacher's top-k tokens and the rest.
+    """v2 output term: `topk_kl` (KL(teacher ‖ student) over the teacher's top-k and the rest), mean over
+    masked positions."""
+    return topk_kl(logits, topk_logprobs, topk_ids, rest_logmass)[mask.bool()].mean()
 
-    topk_logprobs, topk_ids: `[B, T, k]` from the cache, ids in the student's vocabulary (−1: a teacher token
-    the student lacks, whose mass joins the rest bucket; see semalign.teacher.bases.VocabAlignment);
-    rest_logmass: `[B, T]` log of the teacher's mass outside them. The student's rest bucket is
-    1 − Σ p_student over the present top-k ids. With k = vocab this is the exact KL. Mean over masked
-    positions.
-    """
-    present = topk_ids >= 0
-    student = torch.log_softmax(logits.float(), dim=-1)
-    student_top = student.gather(-1, topk_ids.long().clamp(min=0)).masked_fill(~present, -torch.inf)
-    student_rest = log_rest(student_top)
-    teacher_top = topk_logprobs.float().masked_fill(~present, -torch.inf)
-    # logsumexp over [rest, -inf, ...] is rest exactly: a fully shared vocabulary keeps the cached bucket
-    absent = topk_logprobs.float().masked_fill(present, -torch.inf)
-    teacher_rest = torch.logsumexp(torch.cat([rest_logmass.float()[..., None], absent], dim=-1), dim=-1)
-    top_terms = torch.where(present, teacher_top.exp() * (teacher_top - student_top), 0.0)
-    kl = top_terms.sum(-1) + teacher_rest.exp() * (teacher_rest - student_rest)
-    return kl[mask.bool()].mean()
+
+def next_token_positions(attention_mask: torch.Tensor, labels: torch.Tensor, which: str) -> torch.Tensor:
+    """`[B, T]` bool: the positions whose next-token distribution a KL term compares. "all": every real
+    token (the distillation view); "answer": those predicting a target token (position t predicts t + 1)."""
+    if which not in ("all", "answer"):
+        raise SemalignError(f"KL positions {which!r} must be 'all' or 'answer'")
+    if which == "all":
+        return attention_mask.bool()
+    positions = torch.zeros_like(attention_mask, dtype=torch.bool)
+    positions[:, :-1] = labels[:, 1:] != IGNORE
+    return positions

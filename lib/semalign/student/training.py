@@ -35,6 +35,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel
 
+from semalign.config import at_least, between, positive
 from semalign.data import Encoded
 from semalign.distributed import Ranks, Shard
 from semalign.errors import SemalignError
@@ -45,6 +46,7 @@ from semalign.student.objectives import (
     cross_entropy_loss,
     interface_similarity,
     layer_cosine_loss,
+    next_token_positions,
     output_cosine_loss,
     relation_geometry_loss,
     topk_kl_loss,
@@ -64,21 +66,21 @@ class TrainConfig:
     parallel: how processes under torchrun share the student: "ddp" (a whole copy each) | "fsdp" (sharded)."""
 
     objective: str = "v1"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_r: int = positive(16)
+    lora_alpha: int = positive(32)
+    lora_dropout: float = between(0.05, 0, 1, high_inclusive=False)
     target_modules: tuple[str, ...] = ("up_proj", "down_proj", "v_proj", "o_proj")
-    lr: float = 3e-4
-    epochs: int = 5
-    batch_size: int = 64
-    micro_batch_size: int = 4
-    weight_decay: float = 0.0
-    layer_weight: float = 1.0
-    output_weight: float = 1.0
+    lr: float = positive(3e-4)
+    epochs: int = positive(5)
+    batch_size: int = positive(64)
+    micro_batch_size: int = positive(4)
+    weight_decay: float = at_least(0.0, 0)
+    layer_weight: float = at_least(1.0, 0)
+    output_weight: float = at_least(1.0, 0)
     kl_positions: str = "all"
-    max_grad_norm: float = 1.0
-    explode_factor: float = 100.0
-    seed: int = 0
+    max_grad_norm: float = positive(1.0)
+    explode_factor: float = positive(100.0)
+    seed: int = at_least(0, 0)
     parallel: str = "ddp"
 
     def __post_init__(self):
@@ -280,10 +282,7 @@ def _output_term(config: TrainConfig, logits: torch.Tensor, batch: TrainingBatch
         return output_cosine_loss(logits, batch.labels)
     if config.objective == "sft":
         return cross_entropy_loss(logits, batch.labels)
-    positions = batch.attention_mask.bool()
-    if config.kl_positions == "answer":  # the distribution at t is over the token at t + 1
-        positions = torch.zeros_like(positions)
-        positions[:, :-1] = batch.labels[:, 1:] != -100
+    positions = next_token_positions(batch.attention_mask, batch.labels, config.kl_positions)
     return topk_kl_loss(logits, batch.topk_logprobs, batch.topk_ids, batch.rest_logmass, positions)
 
 

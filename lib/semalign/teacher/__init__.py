@@ -21,7 +21,15 @@ from semalign.teacher.bases import (
     vocabulary_tokens,
     write_bases,
 )
-from semalign.teacher.cache import CacheConfig, cache_arrays, kept_layers, state_name, write_teacher_cache
+from semalign.teacher.cache import (
+    CacheConfig,
+    cache_arrays,
+    kept_layers,
+    read_contribution,
+    residual_stream,
+    state_name,
+    write_teacher_cache,
+)
 
 __all__ = [
     "AttributeConfig",
@@ -40,7 +48,9 @@ __all__ = [
     "pinv_row_chunks",
     "pinv_rows",
     "plot_layer_scores",
+    "read_contribution",
     "residual_states",
+    "residual_stream",
     "scores_to_plot_rows",
     "state_name",
     "teacher_forward",

@@ -30,6 +30,7 @@ from captum.attr import LayerGradientXActivation
 from matplotlib.figure import Figure
 from transformers import PreTrainedModel
 
+from semalign.config import positive
 from semalign.errors import SemalignError
 from semalign.models import decoder_layers
 from semalign.progress import progress
@@ -44,7 +45,7 @@ class AttributeConfig:
     """`attribute` section: examples per forward/backward pass, and what multiplies the gradient
     ("contribution": the layer's own update h_ℓ − h_{ℓ−1}; "residual": h_ℓ as in the paper's text)."""
 
-    batch_size: int = 4
+    batch_size: int = positive(4)
     target: str = "contribution"
 
 

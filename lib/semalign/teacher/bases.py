@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from semalign.config import positive
 from semalign.errors import SemalignError
 from semalign.models import final_norm
 from semalign.progress import progress
@@ -41,7 +42,7 @@ class BasesConfig:
     """`bases` section: which variants to write, and vocabulary rows per chunk of the store."""
 
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    chunk_rows: int = 16384
+    chunk_rows: int = positive(16384)
 
 
 def gram(w: torch.Tensor, chunk_rows: int, device: torch.device | str | None = None) -> torch.Tensor:
