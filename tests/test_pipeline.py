@@ -190,7 +190,8 @@ def test_a_damaged_cache_is_named_by_its_reader_and_repaired_by_the_advised_comm
     chunk = training / "topk_logprobs" / "c.1.0.0"
     chunk.write_bytes(chunk.read_bytes()[:10])  # truncated: a zstd error before chunks were verified
     output = run([sys.executable, "-m", "dvc", "repro", "cache@mmlu"], project)
-    assert ran_stages(output) == {"cache@mmlu"}  # DVC sees the damaged out; the rerun recomputes one chunk
+    # DVC sees the damaged out (source@ hashes the models on every repro); the rerun recomputes one chunk
+    assert ran_stages(output) - SOURCES == {"cache@mmlu"}
     assert _chunks_computed(project) == {"alignment": 0, "training": 1, "agreement": 0}
     assert _store_files(training) == clean[training]
     status = run([sys.executable, "-m", "dvc", "status", "align@mmlu"], project)
