@@ -22,7 +22,7 @@ from semalign.errors import SemalignError
 from semalign.evaluation.runner import EvalConfig, ItemResult, merge_results, read_results, results_header
 from semalign.store import ArraySpec, StoreWriter, open_store
 from semalign.tasks import TaskItem
-from tiny_project import ROOT, run
+from tiny_project import ROOT, run, stage_args
 
 STORES = [
     f"data/{kind}/mmlu/{split}.zarr" for kind in ("cache", "targets") for split in ("alignment", "training")
@@ -64,7 +64,7 @@ def test_two_processes_write_what_one_process_writes(single, tmp_path, s3_bucket
     (multi / "params.yaml").write_text(yaml.safe_dump(params))
     torchrun(["stages/cache.py", "--task", "mmlu"], multi)
     torchrun(["stages/align.py", "--task", "mmlu"], multi)
-    torchrun(["stages/train.py", "--task", "mmlu", "--objective", "v1"], multi)
+    torchrun(stage_args("train", task="mmlu", objective="v1"), multi)
     for task, variant in EVALUATED:
         torchrun(["stages/evaluate.py", "--task", task, "--variant", variant], multi)
 

@@ -16,7 +16,7 @@ import yaml
 from semalign.models import save_hf_dir
 from semalign.store import open_store
 from semalign.testing import tiny_model, tiny_tokenizer
-from tiny_project import ROOT, ran_stages, run
+from tiny_project import ROOT, ran_stages, run, stage_args
 
 TEACHER_SIDE = {"materialize@teacher", "bases@teacher", "data@mmlu", "attribute@mmlu", "cache@mmlu"}
 TRANSFER = {
@@ -150,7 +150,7 @@ def test_training_runs_with_the_teacher_weights_gone(project):
     hidden = project / "teacher-away"
     teacher.rename(hidden)
     try:
-        run([sys.executable, "stages/train.py", "--task", "mmlu", "--objective", "v1"], project)
+        run([sys.executable, *stage_args("train", task="mmlu", objective="v1")], project)
     finally:
         hidden.rename(teacher)
 
