@@ -62,7 +62,7 @@ def test_two_processes_write_what_one_process_writes(single, tmp_path, s3_bucket
     params["stores"]["url"] = f"{s3_bucket}/team"
     params["train"]["parallel"] = "fsdp"  # DDP in two processes: tests/student/test_training.py
     (multi / "params.yaml").write_text(yaml.safe_dump(params))
-    torchrun(["stages/cache.py", "--task", "mmlu"], multi)
+    torchrun(stage_args("cache", item="mmlu"), multi)
     torchrun(["stages/align.py", "--task", "mmlu"], multi)
     torchrun(stage_args("train", task="mmlu", objective="v1"), multi)
     for task, variant in EVALUATED:
