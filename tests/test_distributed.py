@@ -66,7 +66,7 @@ def test_two_processes_write_what_one_process_writes(single, tmp_path, s3_bucket
     torchrun(["stages/align.py", "--task", "mmlu"], multi)
     torchrun(stage_args("train", task="mmlu", objective="v1"), multi)
     for task, variant in EVALUATED:
-        torchrun(["stages/evaluate.py", "--task", task, "--variant", variant], multi)
+        torchrun(stage_args("evaluate", task=task, variant=variant), multi)
 
     for store in STORES:
         one, two = open_store(single / store), open_store(multi / store)

@@ -198,7 +198,9 @@ def test_a_damaged_cache_is_named_by_its_reader_and_repaired_by_the_advised_comm
 
 
 def test_the_teacher_against_its_own_cached_agreement_split_has_kl_0_and_agrees_everywhere(project):
-    run([sys.executable, "stages/agree.py", "--task", "mmlu", "--variant", "teacher"], project)
+    args = stage_args("agree", task="mmlu", variant="teacher")
+    args[args.index("--model") + 1] = "data/models/teacher"  # the teacher in the student's place
+    run([sys.executable, *args], project)
     summary = json.loads((project / "metrics/agreement/mmlu/teacher.json").read_text())
     for out in ("metrics/agreement/mmlu/teacher.json", "data/agreement/mmlu/teacher.jsonl"):
         (project / out).unlink()  # not a pipeline output: the project stays as `dvc repro` left it
