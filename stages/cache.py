@@ -1,110 +1,37 @@
 """Stage `cache@<task>`: run the teacher once over the alignment and training splits and store its
 residual stream and top-k next-token distribution (lib/semalign/teacher/cache.py has the layout), and over the
-agreement split its top-k next-token distribution only (what the `agree` stages compare every variant with).
+agreement split its top-k next-token distribution only (lib/semalign/teacher/cache_run.py).
 
 Killed at any point, a rerun resumes: finished chunks are journaled with their checksums and kept if they
 still verify, the rest recomputed (so `dvc repro -f cache@<task>` repairs a damaged store).
-Data-parallel under `torchrun --nproc-per-node N stages/cache.py --task <task>`: each rank computes its share
-of the chunks into the same stores, rank 0 writes the manifests and metrics; the stores are identical to a
-single process's.
+Data-parallel under `torchrun --nproc-per-node N stages/cache.py <its arguments in dvc.yaml>`: each rank
+computes its share of the chunks into the same stores, rank 0 writes the manifests and metrics; the stores are
+identical to a single process's.
 """
 
 import argparse
-import hashlib
-import json
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 from semalign.config import read_section
-from semalign.data import data_fingerprint, load_split
-from semalign.distributed import Ranks, finish_store, shared_writer
-from semalign.files import sha256_of, write_json
-from semalign.models import load_hf_dir, model_info
+from semalign.distributed import Ranks
 from semalign.store import StoresConfig
-from semalign.teacher.cache import CacheConfig, cache_arrays, kept_layers, write_teacher_cache
-
-# split -> whether its residual states are stored (the agreement split needs only the next-token distribution)
-SPLITS = {"alignment": True, "training": True, "agreement": False}
+from semalign.teacher.cache import CacheConfig
+from semalign.teacher.cache_run import CachePaths, cache
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", required=True)
+    parser.add_argument("--teacher", type=Path, required=True, help="the teacher's model directory")
+    parser.add_argument("--data", type=Path, required=True, help="the task's folder (its splits)")
+    parser.add_argument("--out", type=Path, required=True, help="the task's cache folder (<split>.zarr)")
+    parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
     config = read_section(CacheConfig, "cache")
     stores = read_section(StoresConfig, "stores")
-
+    paths = CachePaths(args.teacher, args.data, args.out, args.metrics)
     with Ranks() as ranks:
-        metrics = write_caches(args.task, config, stores, ranks)
-        if ranks.is_main:
-            write_json(Path("metrics/cache") / f"{args.task}.json", metrics)
-            print(
-                f"cache {args.task}: "
-                + ", ".join(f"{s} {m['tokens']} tokens" for s, m in metrics["splits"].items())
-            )
-
-
-def write_caches(task: str, config: CacheConfig, stores: StoresConfig, ranks: Ranks) -> dict:
-    """Cache the splits of `task` (this rank's share of their chunks) where `stores` says; the metrics of
-    the run."""
-    teacher_dir = Path("data/models/teacher")
-    model, _ = load_hf_dir(teacher_dir, device=ranks.device)
-    info = model_info(model)
-    layers = kept_layers(config, info.num_layers)
-    weights = sha256_of(teacher_dir / "model.safetensors")
-    metrics = {"task": task, "layers": layers, "dtype": config.dtype, "top_k": config.top_k, "splits": {}}
-    for split, with_states in SPLITS.items():
-        encoded, _ = load_split(Path("data/tasks") / task, split)
-        stored_layers = layers if with_states else []
-        data_hash = data_fingerprint(encoded.tensors())
-        identity = {
-            "teacher_weights_sha256": weights,
-            "data_fingerprint": data_hash,
-            "config": asdict(config),
-        }
-        fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        arrays = cache_arrays(*encoded.input_ids.shape, info.d_model, stored_layers, config)
-        local = Path("data/cache") / task / f"{split}.zarr"
-        started = time.perf_counter()
-        rebuild = f"dvc repro -f cache@{task}"
-        with shared_writer(ranks, local, arrays, fingerprint, config.codec, stores.url, rebuild) as writer:
-            computed = write_teacher_cache(
-                model, encoded, writer, config, desc=ranks.tag(f"cache {task}/{split}"), shard=ranks.shard
-            )
-            finish_store(
-                ranks,
-                writer,
-                {
-                    "teacher": {
-                        "arch": info.arch,
-                        "num_layers": info.num_layers,
-                        "d_model": info.d_model,
-                        "vocab_size": info.vocab_size,
-                        "weights_sha256": weights,
-                    },
-                    "data_fingerprint": data_hash,
-                    "layers": stored_layers,
-                    "config": asdict(config),
-                },
-                local,
-            )
-            seconds = time.perf_counter() - started
-            computed = ranks.sum(computed)
-        tokens = int(encoded.attention_mask.sum())
-        stored, files = writer.location.size()
-        logical = sum(spec.nbytes for spec in arrays.values())
-        metrics["splits"][split] = {
-            "examples": int(encoded.input_ids.shape[0]),
-            "tokens": tokens,
-            "chunks_computed": computed,
-            "seconds": round(seconds, 1),
-            "tokens_per_second": round(tokens / seconds, 1) if computed else None,
-            "store_bytes": stored,
-            "compression_ratio": round(logical / stored, 2),
-            "files": files,
-        }
-    return metrics
+        cache(args.task, config, stores, paths, ranks)
 
 
 if __name__ == "__main__":

@@ -1,145 +1,35 @@
 """Stage `cka@<task>`: linear CKA between every teacher layer and every student layer on the task's
-alignment split, before and after transfer, on the layers' contributions Δh_ℓ = h_ℓ − h_{ℓ−1} (layer 0: the
-embeddings h_0), with the teacher's raw and mapped into student space.
+alignment split, before and after every objective in `train.objectives`, on the layers' contributions Δh
+(lib/semalign/analysis/cka_run.py).
 
-Raw residual streams h are ≈ 1 for almost every layer pair (a few massive-activation dimensions dominate every
-h_ℓ), so they are kept only as one contrast panel ("before"). Student-side: the teacher's h_0, Δh come from
-the cache, never from its weights. "aligned" maps them with the semantic map of `fold` (M Δh/‖Δh‖, the
-paper's targets); "after <objective>" is the student with that objective's adapter merged, for every
-objective in `train.objectives`. Writes metrics/cka/<task>.json (per student layer the best-matching teacher
-layer vs. the §4.1 depth map), plots/cka/<task>.png (heatmaps) and the matrices as JSON.
+Student-side: the teacher's states come from the cache, never from its weights. Writes the metrics (per
+student layer the best-matching teacher layer vs. the §4.1 depth map), the heatmaps and the matrices as JSON.
 """
 
 import argparse
-import time
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
-
-from semalign.align.alignment import decompose_recompose
-from semalign.align.pairing import depth_map
-from semalign.analysis.cka import (
-    CkaConfig,
-    best_matches,
-    cka_matrix,
-    even_rows,
-    layer_contributions,
-    plot_heatmaps,
-)
+from semalign.analysis.cka import CkaConfig
+from semalign.analysis.cka_run import CkaPaths, cka
 from semalign.config import params_section, read_section
-from semalign.data import load_split
-from semalign.files import write_json
-from semalign.models import load_hf_dir, merge_adapter, model_info
-from semalign.progress import progress
-from semalign.store import open_store
-from semalign.teacher.activations import residual_states
-from semalign.teacher.bases import VocabAlignment
-from semalign.teacher.cache import residual_stream
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", required=True)
+    parser.add_argument("--data", type=Path, required=True, help="the task's folder (alignment split)")
+    parser.add_argument("--cache", type=Path, required=True, help="the task's teacher cache")
+    parser.add_argument("--maps", type=Path, required=True, help="fold's maps (the semantic map)")
+    parser.add_argument("--vocab", type=Path, required=True, help="fold's vocabulary map")
+    parser.add_argument("--student", type=Path, required=True, help="the student's model directory")
+    parser.add_argument("--adapters", type=Path, required=True, help="the task's adapters, one per objective")
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--plot", type=Path, required=True, help="plot path without suffix (.json, .png)")
     args = parser.parse_args()
     config = read_section(CkaConfig, "cka")
-    objectives = params_section("train.objectives")
-    started = time.perf_counter()
-
-    encoded, _ = load_split(Path("data/tasks") / args.task, "alignment")
-    real = encoded.attention_mask.bool()
-    keep = even_rows(int(real.sum()), config.max_tokens)
-    cache = open_store(Path("data/cache") / args.task / "alignment.zarr")
-    num_teacher = cache.manifest["teacher"]["num_layers"]
-    stream = residual_stream(cache, num_teacher, 0, len(real))
-    residual = [
-        h[real][keep]
-        for _, h in progress(
-            stream, desc=f"cka {args.task}: teacher cache", total=num_teacher + 1, unit="layer"
-        )
-    ]
-    contribution = layer_contributions(residual)
-    folded = load_file("data/maps/maps.safetensors")["semantic"]
-    teacher = {
-        "contribution_raw": contribution,
-        "contribution_aligned": [decompose_recompose(dh, folded) for dh in contribution],
-    }
-
-    # the student reads the same text in its own token ids (teacher ids matched by token string)
-    student_ids = VocabAlignment.load("data/maps/vocab.safetensors").student_inputs(
-        encoded.input_ids, encoded.attention_mask
-    )
-    students = {}
-    for when in ["before", *objectives]:
-        model, _ = load_hf_dir(Path("data/models/student"))
-        if when != "before":
-            model = merge_adapter(model, Path("data/adapters") / args.task / when)
-        layers = range(model_info(model).num_layers + 1)
-        states = residual_states(
-            model, student_ids, encoded.attention_mask, layers, desc=f"cka {args.task}: student {when}"
-        )
-        students[when] = [states[ell][keep] for ell in layers]
-        del model, states
-    depth = depth_map(num_teacher, len(students["before"]) - 1)
-
-    def compare(teacher_states: list, student_states: list, name: str) -> torch.Tensor:
-        return cka_matrix(teacher_states, student_states, config.debiased, desc=f"cka {args.task}: {name}")
-
-    matrices = {
-        f"{when}_{name}": compare(teacher_states, layer_contributions(students[when]), f"{when}_{name}")
-        for name, teacher_states in teacher.items()
-        for when in students
-    }
-    matrices["before_residual_raw"] = compare(residual, students["before"], "before_residual_raw")
-    summaries = {name: best_matches(matrix, depth) for name, matrix in matrices.items()}
-
-    panels = {
-        f"Δh, {when if when == 'before' else 'after ' + when}, teacher {side}": matrices[
-            f"{when}_contribution_{side}"
-        ]
-        for side in ("raw", "aligned")
-        for when in students
-    }
-    panels["raw residual stream h, before (contrast)"] = matrices["before_residual_raw"]
-    plot_heatmaps(
-        panels,
-        Path("plots/cka") / f"{args.task}.png",
-        f"linear CKA{' (debiased)' if config.debiased else ''} of layer contributions Δh_ℓ = h_ℓ − h_ℓ₋₁ "
-        f"(layer 0: embeddings), {args.task}, {len(keep)} tokens",
-        depth,
-        columns=len(students),
-    )
-    write_json(
-        Path("plots/cka") / f"{args.task}_matrices.json",
-        {name: [[round(float(v), 5) for v in row] for row in matrix] for name, matrix in matrices.items()},
-    )
-    write_json(
-        Path("plots/cka") / f"{args.task}.json",
-        [
-            {
-                "student_layer": k,
-                "depth_map": depth[k - 1],
-                **{name: s["best_teacher_layer"][k - 1] for name, s in summaries.items()},
-            }
-            for k in range(1, len(depth) + 1)
-        ],
-    )
-    write_json(
-        Path("metrics/cka") / f"{args.task}.json",
-        {
-            "task": args.task,
-            "objectives": objectives,
-            "tokens": len(keep),
-            "debiased": config.debiased,
-            "quantity": "layer contributions Δh (layer 0: embeddings h_0); before_residual_raw: raw h",
-            "depth_map": depth,
-            **summaries,
-            "seconds": round(time.perf_counter() - started, 1),
-        },
-    )
-    print(
-        f"cka {args.task}: " + ", ".join(f"{name}: mean {s['mean_cka']:.3f}" for name, s in summaries.items())
-    )
+    fields = ("data", "cache", "maps", "vocab", "student", "adapters", "metrics", "plot")
+    paths = CkaPaths(**{name: getattr(args, name) for name in fields})
+    cka(args.task, config, params_section("train.objectives"), paths)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,8 @@ from safetensors.torch import save_file
 from semalign.align.alignment import AlignConfig, fold_maps, isotropy
 from semalign.config import read_section
 from semalign.files import write_json
-from semalign.models import load_tokenizer
 from semalign.store import open_store
-from semalign.teacher.bases import align_vocabularies, vocabulary_tokens
+from semalign.teacher.bases import match_tokenizers
 
 
 def main() -> None:
@@ -41,11 +40,8 @@ def main() -> None:
 
     started = time.perf_counter()
     stores = {"teacher": open_store(args.teacher), "student": open_store(args.student)}
-    models = {"teacher": args.teacher_model, "student": args.student_model}
-    vocab = align_vocabularies(
-        *(vocabulary_tokens(load_tokenizer(models[r]), stores[r].manifest["vocab_size"]) for r in models),
-        min_overlap=config.min_vocab_overlap,
-    )
+    rows = (stores["teacher"].manifest["vocab_size"], stores["student"].manifest["vocab_size"])
+    vocab = match_tokenizers(args.teacher_model, args.student_model, *rows, config.min_vocab_overlap)
     maps = fold_maps(stores, vocab, config)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file({name: m.contiguous() for name, m in maps.items()}, str(args.out))
@@ -56,13 +52,7 @@ def main() -> None:
             "bases": config.bases,
             "seconds": round(time.perf_counter() - started, 1),
             "semantic_map_shape": list(maps["semantic"].shape),
-            "vocabulary": {
-                "teacher_rows": vocab.teacher_size,
-                "student_rows": vocab.student_size,
-                "shared": vocab.kept,
-                "share": round(vocab.share, 6),
-                "identical": vocab.identical,
-            },
+            "vocabulary": vocab.summary(),
             "isotropy": {name: round(isotropy(m), 4) for name, m in maps.items() if name != "semantic"},
         },
     )

@@ -22,7 +22,7 @@ from semalign.errors import SemalignError
 from semalign.evaluation.runner import EvalConfig, ItemResult, merge_results, read_results, results_header
 from semalign.store import ArraySpec, StoreWriter, open_store
 from semalign.tasks import TaskItem
-from tiny_project import ROOT, run
+from tiny_project import ROOT, run, stage_args
 
 STORES = [
     f"data/{kind}/mmlu/{split}.zarr" for kind in ("cache", "targets") for split in ("alignment", "training")
@@ -62,11 +62,11 @@ def test_two_processes_write_what_one_process_writes(single, tmp_path, s3_bucket
     params["stores"]["url"] = f"{s3_bucket}/team"
     params["train"]["parallel"] = "fsdp"  # DDP in two processes: tests/student/test_training.py
     (multi / "params.yaml").write_text(yaml.safe_dump(params))
-    torchrun(["stages/cache.py", "--task", "mmlu"], multi)
+    torchrun(stage_args("cache", item="mmlu"), multi)
     torchrun(["stages/align.py", "--task", "mmlu"], multi)
-    torchrun(["stages/train.py", "--task", "mmlu", "--objective", "v1"], multi)
+    torchrun(stage_args("train", task="mmlu", objective="v1"), multi)
     for task, variant in EVALUATED:
-        torchrun(["stages/evaluate.py", "--task", task, "--variant", variant], multi)
+        torchrun(stage_args("evaluate", task=task, variant=variant), multi)
 
     for store in STORES:
         one, two = open_store(single / store), open_store(multi / store)

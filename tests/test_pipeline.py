@@ -16,7 +16,7 @@ import yaml
 from semalign.models import save_hf_dir
 from semalign.store import open_store
 from semalign.testing import tiny_model, tiny_tokenizer
-from tiny_project import ROOT, ran_stages, run
+from tiny_project import ROOT, ran_stages, run, stage_args
 
 TEACHER_SIDE = {"materialize@teacher", "bases@teacher", "data@mmlu", "attribute@mmlu", "cache@mmlu"}
 TRANSFER = {
@@ -150,7 +150,7 @@ def test_training_runs_with_the_teacher_weights_gone(project):
     hidden = project / "teacher-away"
     teacher.rename(hidden)
     try:
-        run([sys.executable, "stages/train.py", "--task", "mmlu", "--objective", "v1"], project)
+        run([sys.executable, *stage_args("train", task="mmlu", objective="v1")], project)
     finally:
         hidden.rename(teacher)
 
@@ -199,7 +199,9 @@ def test_a_damaged_cache_is_named_by_its_reader_and_repaired_by_the_advised_comm
 
 
 def test_the_teacher_against_its_own_cached_agreement_split_has_kl_0_and_agrees_everywhere(project):
-    run([sys.executable, "stages/agree.py", "--task", "mmlu", "--variant", "teacher"], project)
+    args = stage_args("agree", task="mmlu", variant="teacher")
+    args[args.index("--model") + 1] = "data/models/teacher"  # the teacher in the student's place
+    run([sys.executable, *args], project)
     summary = json.loads((project / "metrics/agreement/mmlu/teacher.json").read_text())
     for out in ("metrics/agreement/mmlu/teacher.json", "data/agreement/mmlu/teacher.jsonl"):
         (project / out).unlink()  # not a pipeline output: the project stays as `dvc repro` left it

@@ -3,6 +3,7 @@ repository is built once and reproduced once per test session (see conftest.py).
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,18 @@ def run(cmd: list[str], cwd: Path) -> str:
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout + done.stderr
+
+
+def stage_args(name: str, **item: str) -> list[str]:
+    """The script and arguments of dvc.yaml stage `name` for one `item` (`${item}` or `${item.<key>}`), so
+    that a test running a stage by hand runs it exactly as `dvc repro` does."""
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]
+    cmd = stage.get("do", stage)["cmd"]
+    for key, value in item.items():
+        cmd = cmd.replace("${item." + key + "}", value).replace("${" + key + "}", value)
+    python, *args = shlex.split(cmd)
+    assert python == "python" and "${" not in cmd, cmd
+    return args
 
 
 def ran_stages(output: str) -> set[str]:

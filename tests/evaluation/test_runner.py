@@ -2,6 +2,7 @@
 answer extraction and the real sandbox, resumable results files, summaries, and the results table."""
 
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -34,11 +35,12 @@ from semalign.evaluation.runner import (
 )
 from semalign.evaluation.sandbox import ExecutionResult
 from semalign.evaluation.table import build_table, build_tables, render_markdown
+from semalign.evaluation.variants import load_variant
 from semalign.tasks import LETTERS, TaskItem, load_task
 from semalign.testing import tiny_model, tiny_tokenizer
+from tiny_project import ROOT, stage_args
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
-STAGES = Path(__file__).parents[2] / "stages"
 VOCAB = 360  # the smallest tiny vocabulary in which " A" .. " D" are single tokens
 
 
@@ -676,16 +678,35 @@ def _project(root, tokenizer, model):
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 
-def _run_stage(monkeypatch, name, *args):
-    monkeypatch.setattr(sys, "argv", [name, *args])
-    runpy.run_path(str(STAGES / name), run_name="__main__")
+def _run_stage(monkeypatch, script, *args):
+    """Run `script` (stages/<name>.py) with `args` in this process, as its dvc.yaml cmd does."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    runpy.run_path(str(ROOT / script), run_name="__main__")
+
+
+@pytest.mark.parametrize(
+    ("variant", "adapter", "message"),
+    [
+        ("v1", None, "variant v1 is a method but got no adapter; pass --adapter data/adapters/<task>/v1"),
+        (
+            "student",
+            "data/adapters/mmlu/v1",
+            "variant student is a base model but got adapter data/adapters/mmlu/v1; drop --adapter",
+        ),
+    ],
+)
+def test_a_variant_scored_as_something_else_is_refused(tmp_path, variant, adapter, message):
+    """A method evaluated without its adapter would be recorded as the bare student, and a base model with
+    one as itself: both stop before any model is loaded."""
+    with pytest.raises(SemalignError, match=re.escape(message)):
+        load_variant(variant, tmp_path / "missing", adapter and Path(adapter), "cpu")
 
 
 def test_evaluate_and_table_stages_end_to_end(tokenizer, model, tmp_path, monkeypatch):
     _project(tmp_path, tokenizer, model)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SemalignError, match="no adapter .* train stage"):
-        _run_stage(monkeypatch, "evaluate.py", "--task", "mmlu", "--variant", "semalign-v1")
+        _run_stage(monkeypatch, *stage_args("evaluate_transfer", task="mmlu", objective="semalign-v1"))
     torch.manual_seed(1)
     lora = get_peft_model(
         tiny_model("qwen2", vocab_size=VOCAB), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
@@ -694,8 +715,9 @@ def test_evaluate_and_table_stages_end_to_end(tokenizer, model, tmp_path, monkey
         if "lora_B" in name:
             torch.nn.init.normal_(weight, std=2.0)  # a non-zero update, so the merge shows
     lora.save_pretrained(tmp_path / "data/adapters/mmlu/semalign-v1")
-    for variant in ("student", "teacher", "semalign-v1"):
-        _run_stage(monkeypatch, "evaluate.py", "--task", "mmlu", "--variant", variant)
+    for variant in ("student", "teacher"):
+        _run_stage(monkeypatch, *stage_args("evaluate", task="mmlu", variant=variant))
+    _run_stage(monkeypatch, *stage_args("evaluate_transfer", task="mmlu", objective="semalign-v1"))
     metrics = json.loads(Path("metrics/eval/mmlu/student.json").read_text())
     # the headline (first) protocol at the top level, every protocol under "protocols"
     assert metrics["n"] == 4 and metrics["protocol"]["answer_tokens"] == [" " + letter for letter in LETTERS]
@@ -717,7 +739,7 @@ def test_evaluate_and_table_stages_end_to_end(tokenizer, model, tmp_path, monkey
         assert len(adapted) == 4
         assert [r.detail["logprobs"] for r in adapted] != [r.detail["logprobs"] for r in student]
 
-    _run_stage(monkeypatch, "table.py")
+    _run_stage(monkeypatch, *stage_args("table"))
     tables = json.loads(Path("metrics/table.json").read_text())
     assert tables["protocols"] == ["lm_eval", "chat"]
     for table in tables["tables"].values():
@@ -732,4 +754,4 @@ def test_evaluate_and_table_stages_end_to_end(tokenizer, model, tmp_path, monkey
 
     Path("params.yaml").write_text(yaml.safe_dump({"evaluate": {"chat_template": True}}))
     with pytest.raises(SemalignError, match=r"unknown key\(s\) \['chat_template'\]"):
-        _run_stage(monkeypatch, "evaluate.py", "--task", "mmlu", "--variant", "student")
+        _run_stage(monkeypatch, *stage_args("evaluate", task="mmlu", variant="student"))

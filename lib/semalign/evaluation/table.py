@@ -12,12 +12,14 @@ log-prob, letter mass, predicted letters, best constant letter; math strict read
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from semalign.evaluation.agreement import agreement_display
+from semalign.evaluation.agreement import agreement_display, agreement_table, read_agreement
 from semalign.evaluation.prompts import PROTOCOLS
-from semalign.evaluation.runner import ItemResult, compare_paired
+from semalign.evaluation.runner import ItemResult, compare_paired, read_results
 
 BASE_ROWS = ("student", "teacher")
 BASELINE = "sft"
@@ -50,6 +52,21 @@ def build_tables(summaries: Mapping[str, Summaries], results: Mapping[str, Resul
         "protocols": order,
         "tables": {p: build_table(summaries[p], results.get(p)) for p in order},
     }
+
+
+def read_tables(metrics: Path, results: Path, agreement: Path) -> dict:
+    """build_tables(...) over every <task>/<variant>.json present under `metrics` (the evaluate metrics), with
+    the per-item results <task>/<variant>/<protocol>.jsonl under `results` for the paired tests, plus
+    "agreement": agreement_table(...) over every <task>/<variant>.jsonl under `agreement`."""
+    summaries, items = {}, {}
+    for path in sorted(metrics.glob("*/*.json")):
+        task, variant = path.parent.name, path.stem
+        for protocol, summary in json.loads(path.read_text())["protocols"].items():
+            summaries.setdefault(protocol, {}).setdefault(variant, {})[task] = summary
+            per_item = results / task / variant / f"{protocol}.jsonl"
+            if per_item.is_file():
+                items.setdefault(protocol, {}).setdefault(variant, {})[task] = read_results(per_item)
+    return build_tables(summaries, items) | {"agreement": agreement_table(read_agreement(agreement))}
 
 
 def build_table(summaries: Summaries, results: Results | None = None) -> dict[str, Any]:

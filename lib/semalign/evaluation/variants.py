@@ -1,8 +1,6 @@
-"""The models the evaluations score, by variant name: a base model, or the student with a method's output.
-
-Layout under the project root (what the DVC stages write): `data/models/<teacher|student>/` (HF directories),
-`data/adapters/<task>/<method>/` (a LoRA adapter, merged into the student, or a student delta,
-delta.safetensors, added to its weights).
+"""The models the evaluations score: a base model directory (teacher or student), or the student with a
+method's output (`data/adapters/<task>/<method>/` in the pipeline): a LoRA adapter, merged into the student,
+or a student delta (delta.safetensors, the baselines) added to its weights.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from semalign.baselines.delta import DELTA_FILE, apply_delta, load_delta
+from semalign.errors import SemalignError
 from semalign.files import sha256_of
 from semalign.models import load_hf_dir, merge_adapter
 
@@ -21,15 +20,20 @@ BASE_MODELS = ("teacher", "student")
 
 
 def load_variant(
-    task: str, variant: str, device: str | torch.device, root: str | Path = "."
+    variant: str, model_dir: Path, adapter: Path | None, device: str | torch.device
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """(model, tokenizer, sha256 over the weight files) of a base model or of the student + an adapter / a
-    delta of `task`."""
-    root = Path(root)
-    folders = [root / "data/models" / (variant if variant in BASE_MODELS else "student")]
-    model, tokenizer = load_hf_dir(folders[0], device=device)
-    if variant not in BASE_MODELS:
-        adapter = root / "data/adapters" / task / variant
+    """(model, tokenizer, sha256 over the weight files) of `variant`: the model in `model_dir`, with the
+    adapter or delta in `adapter` applied for a method. A base model with an adapter, or a method without
+    one, stops: its results would be recorded under the wrong name."""
+    if variant in BASE_MODELS and adapter is not None:
+        raise SemalignError(f"variant {variant} is a base model but got adapter {adapter}; drop --adapter")
+    if variant not in BASE_MODELS and adapter is None:
+        raise SemalignError(
+            f"variant {variant} is a method but got no adapter; pass --adapter data/adapters/<task>/{variant}"
+        )
+    folders = [model_dir]
+    model, tokenizer = load_hf_dir(model_dir, device=device)
+    if adapter is not None:
         model = (
             apply_delta(model, load_delta(adapter)).eval()
             if (adapter / DELTA_FILE).is_file()

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from semalign.config import positive
 from semalign.errors import SemalignError
-from semalign.models import final_norm
+from semalign.models import final_norm, load_tokenizer
 from semalign.progress import progress
 from semalign.store import ArraySpec, BackgroundWriter, StoreWriter
 
@@ -187,6 +187,16 @@ class VocabAlignment:
         """Shared tokens over the larger vocabulary."""
         return self.kept / max(self.teacher_size, self.student_size, 1)
 
+    def summary(self) -> dict[str, int | float | bool]:
+        """Row counts, shared tokens and their share, for the metrics."""
+        return {
+            "teacher_rows": self.teacher_size,
+            "student_rows": self.student_size,
+            "shared": self.kept,
+            "share": round(self.share, 6),
+            "identical": self.identical,
+        }
+
     def teacher_to_student(self) -> torch.Tensor:
         """`[teacher_size]` int64: the student row of each teacher row's token, −1 where the student lacks
         it."""
@@ -283,3 +293,15 @@ def vocabulary_tokens(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> li
     for token, row in vocab.items():
         tokens[row] = token
     return tokens
+
+
+def match_tokenizers(
+    teacher_dir: Path, student_dir: Path, teacher_rows: int, student_rows: int, min_overlap: float
+) -> VocabAlignment:
+    """The vocabulary map between the tokenizers of two model directories whose embeddings have
+    `teacher_rows` and `student_rows` rows (`align_vocabularies` on their token strings)."""
+    return align_vocabularies(
+        vocabulary_tokens(load_tokenizer(teacher_dir), teacher_rows),
+        vocabulary_tokens(load_tokenizer(student_dir), student_rows),
+        min_overlap=min_overlap,
+    )
