@@ -4,7 +4,7 @@
 
 Runs the teacher in float32 over the first `--examples` examples of a task's alignment split (built with the
 library from params.yaml's data section) and prints, per teacher layer ℓ, ‖h_ℓ‖/‖Δh_ℓ‖ over real tokens
-(median and max) and the cosine between the paper's target M Δh/‖Δh‖ (`align.map: semantic`, M folded from
+(median and max) and the cosine between the paper's target M Δh/‖Δh‖ (`align.maps: [semantic]`, M folded from
 both models' `head` bases) built from the float32 forward and built from
   - "h bf16":  Δh = bf16(h_ℓ) − bf16(h_{ℓ−1}), the layout that stored h;
   - "cache":   what the cache stores now (`write_teacher_cache` into a temporary store, `read_contribution`),

@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
     # fold computes what the bases and the random control give; which map makes the targets is align's
-    config = read_section(AlignConfig, "align", drop=("map", "ridge", "fit_fraction", "interpolate"))
+    config = read_section(AlignConfig, "align", drop=("maps", "ridge", "fit_fraction", "interpolate"))
 
     started = time.perf_counter()
     stores = {"teacher": open_store(args.teacher), "student": open_store(args.student)}

@@ -1,6 +1,8 @@
-"""Stage `train@<task>-<objective>`: LoRA-train the student from the cache (targets + teacher top-k),
-objective `train.objective` (v1 | v2 | sft) on its pairing (v1, sft: the depth map; v2: the v2 selection, one
-frontier phase per trained layer, listed under `phases` in the metrics) (lib/semalign/student/run.py).
+"""Stage `train@<task>-<variant>`: LoRA-train the student from the cache (targets + teacher top-k), one
+variant of `train.objectives`, `<objective>[-<map>][-s<seed>]` (lib/semalign/student/variants.py): objective
+v1 | v2 | sft | kd on its pairing (v1, sft, kd: the depth map; v2: the v2 selection, one frontier phase per
+trained layer, listed under `phases` in the metrics); v1 and v2 on the targets of latent map <map> (default
+semantic, one of align.maps); -s<n> trains with train.seed + n (lib/semalign/student/run.py).
 
 Student-side: the teacher's weights are not a dependency and are never loaded; teacher token ids are read as
 student ids through fold's vocabulary map. Writes the adapter, per-step losses as a DVC plot, and the layer
@@ -21,7 +23,9 @@ from semalign.student.training import TrainConfig
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", required=True)
-    parser.add_argument("--objective", required=True, help="one of train.objectives: v1 | v2 | sft")
+    parser.add_argument(
+        "--objective", required=True, help="a variant of train.objectives, e.g. v1, v1-ridge, kd, sft-s1"
+    )
     parser.add_argument("--data", type=Path, required=True, help="the task's folder (training, alignment)")
     parser.add_argument("--cache", type=Path, required=True, help="the task's teacher cache")
     parser.add_argument("--targets", type=Path, required=True, help="the task's targets (align@<task>)")

@@ -50,6 +50,26 @@ def _read(tmp_path, section: str, values: dict, **kwargs):
             {"control_counts": [256, 0]},
             r"params.yaml align.control_counts\[1\] is 0; set a positive",
         ),
+        ("align", {"maps": "ridge"}, "params.yaml align.maps is 'ridge'; set a list of strings"),
+        (
+            "align",
+            {"maps": ["semantic", "affine"]},
+            r"^align.maps \['semantic', 'affine'\]: map 'affine' is unknown; use names from "
+            r"\['semantic', 'ridge', 'procrustes', 'random'\]$",
+        ),
+        (
+            "align",
+            {"maps": ["ridge", "semantic", "ridge"]},
+            r"^align.maps \['ridge', 'semantic', 'ridge'\] lists 'ridge' twice; list each map once$",
+        ),
+        (
+            "align",
+            {"maps": []},
+            r"^align.maps is empty; set a non-empty list of names from \['semantic', 'ridge', 'procrustes', "
+            r"'random'\]$",
+        ),
+        ("train", {"kd_weight": 1.5}, r"params.yaml train.kd_weight is 1.5; set a number in \[0, 1\]"),
+        ("train", {"kd_weight": -0.1}, r"params.yaml train.kd_weight is -0.1; set a number in \[0, 1\]"),
         ("cache", {"writers": 0}, "params.yaml cache.writers is 0; set a positive integer"),
         ("cache", {"layers": [0, -1]}, r"params.yaml cache.layers\[1\] is -1; set an integer >= 0"),
         ("bases", {"chunk_rows": -16}, "params.yaml bases.chunk_rows is -16; set a positive integer"),

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from semalign.models import save_hf_dir
 from semalign.store import open_store
@@ -102,22 +104,22 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(repr
     assert fold["identical"] and fold["share"] == 1.0 and fold["shared"] == fold["teacher_rows"]
 
     # sft reads no targets: with the trained layers unchanged it retrains to the very same adapter bytes, so
-    # DVC reuses its evaluation. The v2 window changes only the v2 pairing: v1 retrains to the same bytes too.
-    retrained = STUDENT_SIDE - {"evaluate_transfer@mmlu-sft", "agree_transfer@mmlu-sft"}
+    # DVC reuses its evaluation. The v2 window changes only the v2 pairing, and a second latent map adds
+    # targets beside the semantic ones: v1 retrains to the same bytes too.
+    same_bytes = {"align@mmlu", "train@mmlu-v1", "train@mmlu-sft", "report"}
+    added = ["v2", "v1-ridge", "kd", "sft-s1"]  # variant names with a map, a seed, the kd baseline
     changes = {
-        "pair": ({"window": 1}, {"pair@mmlu", "align@mmlu", "train@mmlu-v1", "train@mmlu-sft", "report"}),
-        "align": ({"map": "ridge"}, retrained - {"pair@mmlu"}),
-        # adding an objective trains and evaluates only the new one
+        "pair": ({"window": 1}, {"pair@mmlu"} | same_bytes),
+        "align": ({"maps": ["semantic", "ridge"]}, same_bytes),
+        # adding variants trains and evaluates only the new ones
         "train": (
-            {"objectives": ["v1", "sft", "v2"]},
+            {"objectives": ["v1", "sft", *added]},
             {
-                "train@mmlu-v2",
-                "evaluate_transfer@mmlu-v2",
-                "agree_transfer@mmlu-v2",
-                "table",
-                "cka@mmlu",
-                "report",
-            },
+                f"{stage}@mmlu-{variant}"
+                for stage in ("train", "evaluate_transfer", "agree_transfer")
+                for variant in added
+            }
+            | {"table", "cka@mmlu", "report"},
         ),
     }
     for key, (value, expected) in changes.items():
@@ -131,6 +133,24 @@ def test_repro_runs_every_stage_then_student_changes_reuse_the_teacher_work(repr
         ):
             assert f"Stage '{stage}' didn't change, skipping" in output
     assert (project / "data/adapters/mmlu/v2/adapter_model.safetensors").is_file()
+    targets = open_store(project / "data/targets/mmlu/training.zarr")
+    assert targets.manifest["maps"] == ["semantic", "ridge"]
+    assert {name.split("_")[0] for name in targets.arrays} == {"semantic", "ridge"}
+    trained = {v: json.loads((project / f"metrics/train/mmlu/{v}.json").read_text()) for v in added}
+    assert (trained["v1-ridge"]["kind"], trained["v1-ridge"]["map"], trained["v1-ridge"]["pairing"]) == (
+        "v1",
+        "ridge",
+        "v1",
+    )
+    assert (trained["kd"]["kind"], trained["kd"]["map"], trained["sft-s1"]["seed"]) == ("kd", None, 1)
+    adapters = {
+        v: load_file(project / f"data/adapters/mmlu/{v}/adapter_model.safetensors")
+        for v in ("v1", "v1-ridge", "sft", "sft-s1", "kd")
+    }
+    for a, b in (("v1", "v1-ridge"), ("sft", "sft-s1"), ("sft", "kd")):
+        assert any(not torch.equal(adapters[a][n], adapters[b][n]) for n in adapters[a]), (a, b)
+    headline = json.loads((project / "metrics/table.json").read_text())["tables"]["lm_eval"]
+    assert set(added) <= set(headline["variants"])
     # v2 trains on its own selection, shallow to deep, one frontier layer per phase; v1 keeps the depth map
     pairs = json.loads((project / "data/pairs/mmlu.json").read_text())
     v2 = json.loads((project / "metrics/train/mmlu/v2.json").read_text())

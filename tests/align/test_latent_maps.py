@@ -117,7 +117,9 @@ def test_fit_examples_and_config_checks():
         fit_examples(1, 0.5)
     with pytest.raises(SemalignError, match="fit_fraction"):
         AlignConfig(fit_fraction=1.0)
-    with pytest.raises(SemalignError, match="align.map"):
-        AlignConfig(map="affine")
+    with pytest.raises(SemalignError, match="align.maps"):
+        AlignConfig(maps=("affine",))
+    assert AlignConfig(maps=["random", "semantic"]).maps == ("random", "semantic")
+    assert AlignConfig().maps == ("semantic",)
     with pytest.raises(SemalignError, match="control_counts"):
         AlignConfig(control_counts=[0, 10])

@@ -7,7 +7,7 @@ import zarr
 
 from cache_fixtures import NUM_LAYERS, build_cache, make_inputs
 from semalign.align.alignment import decompose_recompose
-from semalign.align.latent_maps import semantic_map
+from semalign.align.latent_maps import random_map, semantic_map
 from semalign.align.pairing import build_pairing
 from semalign.align.targets import TargetSpec, target_arrays, target_name, teacher_quantity, write_targets
 from semalign.errors import SemalignError
@@ -42,6 +42,30 @@ def test_targets_equal_the_mapped_interpolated_contribution(tmp_path):
     torch.testing.assert_close(got, mapped, atol=1e-5, rtol=1e-4)
     padding = ~encoded.attention_mask.bool()
     assert not got[padding].any(), "padding positions must have zero targets"
+
+
+def test_every_map_writes_its_own_arrays_into_one_store(tmp_path):
+    encoded = make_inputs(num_examples=3)
+    build_cache(tmp_path / "cache.zarr", CacheConfig(dtype="float32", batch_size=2), encoded)
+    cache = open_store(tmp_path / "cache.zarr")
+    pair = build_pairing(
+        NUM_LAYERS, 2, [0.2, 0.5, 0.3], mode="v1", num_critical=3, train_layers="all"
+    ).layers[1]
+    folded = torch.randn(D_STUDENT, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    maps = {"semantic": semantic_map(folded), "random": random_map(D_STUDENT, 32, seed=1)}
+    specs = [TargetSpec("v1", pair, m, False, name) for name, m in maps.items()]
+    n, t = encoded.input_ids.shape
+    with StoreWriter(tmp_path / "targets.zarr", target_arrays(specs, n, t, D_STUDENT, 2), "fp") as writer:
+        write_targets(cache, specs, writer)
+        writer.finalize({"maps": list(maps)})
+    targets = open_store(tmp_path / "targets.zarr")
+    assert set(targets.arrays) == {"semantic_v1_target_02", "random_v1_target_02"}
+    assert target_name(2, "v1") == "semantic_v1_target_02"  # v1 and v2 train on semantic by default
+    quantity = teacher_quantity(cache, pair, False, 0, n).reshape(-1, 32)
+    for name, latent_map in maps.items():
+        expected = latent_map(quantity).reshape(n, t, D_STUDENT)
+        torch.testing.assert_close(targets.read(target_name(2, "v1", name)), expected)
+    assert not torch.allclose(targets.read("semantic_v1_target_02"), targets.read("random_v1_target_02"))
 
 
 def test_without_interpolation_the_paired_layer_is_used(tmp_path):

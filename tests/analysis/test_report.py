@@ -162,7 +162,7 @@ def test_alignment_section_tabulates_fig2_and_every_held_out_map(tree):
         "ridge": {"cosine": 0.8205, "relation": 0.997},
     }
     align = {
-        "map": "semantic",
+        "maps": ["semantic"],
         "fidelity_mean_over_layers": {"teacher": {"head": 0.4896, "random": 0.995}},
         "held_out": {
             "fit_examples": 16,

@@ -9,6 +9,7 @@ import torch
 from semalign.align.alignment import decompose_recompose
 from semalign.student.objectives import (
     cross_entropy_loss,
+    kd_loss,
     layer_cosine_loss,
     output_cosine_loss,
     relation_geometry_loss,
@@ -161,3 +162,51 @@ def test_topk_kl_reads_the_cached_teacher_ids_as_student_ids():
         expected.append((p_top * (p_top / q_top).log()).sum() + p_rest * (p_rest / q_rest).log())
     got = topk_kl_loss(fewer, top, student_ids, rest, mask).item()
     assert got == pytest.approx(torch.stack(expected).mean().item(), rel=1e-6)
+
+
+def kd_case():
+    """One sequence of 5 positions over a vocabulary of 6: position 4 is padding, positions 1 and 2 predict
+    answer tokens; the teacher's top-3 at each position, one of them a token the student lacks (id −1)."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(1, 5, 6, generator=g, dtype=torch.float64)
+    teacher = torch.log_softmax(torch.randn(1, 5, 6, generator=g, dtype=torch.float64), -1)
+    top, ids = teacher.topk(3, dim=-1)
+    rest = torch.log1p(-top.exp().sum(-1))
+    ids[0, 3, 1] = -1  # the student lacks this teacher token: its mass joins the rest bucket
+    labels = torch.tensor([[-100, -100, 2, 5, -100]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]])
+    return logits, labels, top, ids, rest, mask
+
+
+def test_kd_loss_against_a_float64_reference_by_hand():
+    logits, labels, top, ids, rest, mask = kd_case()
+    student = torch.log_softmax(logits, -1)[0]  # float64 [T, V]
+    ce = -(student[1, 2] + student[2, 5]) / 2  # positions 1 and 2 predict labels 2 and 5
+    kl = []
+    for t in range(4):  # every real token
+        p_top = [float(top[0, t, j].exp()) for j in range(3) if ids[0, t, j] >= 0]
+        q_top = [float(student[t, int(i)].exp()) for i in ids[0, t] if i >= 0]
+        p_rest = 1 - sum(p_top)
+        q_rest = 1 - sum(q_top)
+        kl.append(sum(p * math.log(p / q) for p, q in zip(p_top, q_top)) + p_rest * math.log(p_rest / q_rest))
+    for weight in (0.25, 0.5, 1.0):
+        expected = (1 - weight) * float(ce) + weight * sum(kl) / len(kl)
+        got = kd_loss(logits, labels, top, ids, rest, mask, weight).item()
+        assert got == pytest.approx(expected, rel=1e-6)  # the loss runs in float32
+
+
+def test_kd_weight_0_is_cross_entropy_exactly_and_the_teacher_itself_leaves_no_kl():
+    logits, labels, top, ids, rest, mask = kd_case()
+    assert torch.equal(kd_loss(logits, labels, top, ids, rest, mask, 0.0), cross_entropy_loss(logits, labels))
+    # the student's own distribution as the teacher: the KL part is zero, only (1 − w)·CE is left
+    own = torch.log_softmax(logits, -1)
+    own_top, own_ids = own.topk(3, dim=-1)
+    own_rest = torch.log1p(-own_top.exp().sum(-1))
+    ce = cross_entropy_loss(logits, labels).item()
+    assert kd_loss(logits, labels, own_top, own_ids, own_rest, mask, 1.0).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+    assert kd_loss(logits, labels, own_top, own_ids, own_rest, mask, 0.5).item() == pytest.approx(
+        0.5 * ce, rel=1e-6
+    )
+    assert kd_loss(logits, labels, top, ids, rest, mask, 1.0).item() > 1e-3  # another teacher is not free

@@ -1,4 +1,4 @@
-"""LoRA placement, the three objectives moving what they should, frontier phases, failure and save paths;
+"""LoRA placement, the objectives moving what they should, frontier phases, failure and save paths;
 steps shared by ranks, and DDP and FSDP in two processes training (and saving) what one process trains."""
 
 import json
@@ -16,11 +16,12 @@ from torch.distributed.tensor import DTensor
 from semalign.distributed import Ranks, Shard
 from semalign.errors import SemalignError
 from semalign.store import ArraySpec, StoreWriter, open_store
-from semalign.student.objectives import cross_entropy_loss
+from semalign.student.objectives import cross_entropy_loss, topk_kl_loss
 from semalign.student.training import (
     TrainConfig,
     TrainingBatch,
     add_lora,
+    batch_losses,
     layer_alignment,
     lora_parameters,
     place,
@@ -167,6 +168,46 @@ def test_sft_lowers_cross_entropy():
             tensors["labels"],
         ).item()
     assert after < before - 0.1, (before, after)
+
+
+def kl_to_teacher(model, tensors) -> float:
+    with torch.no_grad():
+        logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+    topk = (tensors["topk_logprobs"], tensors["topk_ids"], tensors["rest_logmass"])
+    return topk_kl_loss(logits, *topk, tensors["attention_mask"]).item()
+
+
+def test_kd_lowers_the_kl_to_the_teacher_on_sft_s_adapters_and_weight_0_is_sft_exactly():
+    tensors = split_tensors()
+    settings = dict(lr=1e-2, epochs=5, batch_size=4, micro_batch_size=2, lora_dropout=0.0)
+    kd, sft = TrainConfig(objective="kd", kd_weight=1.0, **settings), TrainConfig(objective="sft", **settings)
+    model, baseline = student([2], kd), student([2], sft)
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in baseline.named_parameters()]
+    before = kl_to_teacher(model, tensors)
+    result = train(model, epochs_of(tensors, {}, kd), [2], kd, steps_per_epoch=2)
+    train(baseline, epochs_of(tensors, {}, sft), [2], sft, steps_per_epoch=2)
+    after, sft_after = kl_to_teacher(model, tensors), kl_to_teacher(baseline, tensors)
+    assert after < min(before, sft_after) - 0.005, (before, after, sft_after)
+    assert all(r["layer_term"] == 0.0 for r in result.records)  # no targets, no layer term
+
+    batch = TrainingBatch(**tensors)
+    zero = TrainConfig(objective="kd", kd_weight=0.0, **settings)
+    losses = {c.objective: batch_losses(model, batch, [2], c)["loss"] for c in (zero, sft)}
+    assert torch.equal(losses["kd"], losses["sft"])
+
+
+def test_a_second_seed_starts_from_other_adapters():
+    settings = dict(batch_size=4, micro_batch_size=2)
+    first, again, second = (
+        lora_weights(student([2], TrainConfig(objective=name, **settings)))
+        for name in ("v1", "v1-ridge", "v1-s1")
+    )
+    assert all(torch.equal(first[n], again[n]) for n in first)  # the map does not move the seed
+    assert any(not torch.equal(first[n], second[n]) for n in first)
+    assert all(
+        torch.equal(second[n], w)
+        for n, w in lora_weights(student([2], TrainConfig(objective="v1", seed=1, **settings))).items()
+    )
 
 
 def test_a_nan_target_stops_training_naming_step_and_term():

@@ -10,7 +10,7 @@ so the `[tokens, vocab]` coefficient matrix is never formed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,21 +25,21 @@ if TYPE_CHECKING:  # stores and the vocabulary map are only read here
     from semalign.teacher.bases import VocabAlignment
 
 LATENT_MAPS = ("semantic", "ridge", "procrustes")  # see semalign.align.latent_maps
+TARGET_MAPS = (*LATENT_MAPS, "random")  # the maps targets can be made with: the three and the random control
 
 
 @dataclass(frozen=True)
 class AlignConfig:
-    """`align` section. bases: bases variant of the semantic map ("head" is the paper's); map: the latent map
-    that makes the targets (LATENT_MAPS); ridge: the ridge map's strength (relative to tr(XᵀX)/d);
-    fit_fraction:
-    share of the alignment split's examples that fit maps, the rest is held out for every measurement;
-    interpolate: non-integer depth ratios interpolate adjacent teacher layers (§4.1); min_vocab_overlap:
-    the least share of the larger vocabulary that teacher and student must share by token; control_seed and
-    control_counts: the random-basis control of Fig. 2 (as many vectors as the vocabulary, plus this sweep);
-    chunk_rows: vocabulary rows per read."""
+    """`align` section. bases: bases variant of the semantic map ("head" is the paper's); maps: the latent
+    maps that make targets, one set each (TARGET_MAPS, distinct); ridge: the ridge map's strength (relative to
+    tr(XᵀX)/d); fit_fraction: share of the alignment split's examples that fit maps, the rest is held out for
+    every measurement; interpolate: non-integer depth ratios interpolate adjacent teacher layers (§4.1);
+    min_vocab_overlap: the least share of the larger vocabulary that teacher and student must share by token;
+    control_seed and control_counts: the random-basis control of Fig. 2 (as many vectors as the vocabulary,
+    plus this sweep); chunk_rows: vocabulary rows per read."""
 
     bases: str = "head"
-    map: str = "semantic"
+    maps: tuple[str, ...] = ("semantic",)
     ridge: float = positive(0.01)
     fit_fraction: float = 0.5
     interpolate: bool = True
@@ -50,8 +50,8 @@ class AlignConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "control_counts", tuple(self.control_counts))
-        if self.map not in LATENT_MAPS:
-            raise SemalignError(f"align.map {self.map!r} is unknown; use one of {LATENT_MAPS}")
+        check_maps(self.maps)
+        object.__setattr__(self, "maps", tuple(self.maps))
         if not 0.0 < self.fit_fraction < 1.0:
             raise SemalignError(
                 f"align.fit_fraction {self.fit_fraction} must be between 0 and 1 (exclusive): "
@@ -63,6 +63,19 @@ class AlignConfig:
             )
         if any(not isinstance(c, int) or c < 1 for c in self.control_counts):
             raise SemalignError(f"align.control_counts {list(self.control_counts)} must be positive integers")
+
+
+def check_maps(maps: Sequence[str]) -> None:
+    """Stop unless `maps` (align.maps) is a non-empty list of distinct names from TARGET_MAPS."""
+    allowed = list(TARGET_MAPS)
+    if isinstance(maps, str) or not maps:
+        shown = repr(maps) if isinstance(maps, str) else "empty"
+        raise SemalignError(f"align.maps is {shown}; set a non-empty list of names from {allowed}")
+    for name in maps:
+        if name not in TARGET_MAPS:
+            raise SemalignError(f"align.maps {list(maps)}: map {name!r} is unknown; use names from {allowed}")
+        if list(maps).count(name) > 1:
+            raise SemalignError(f"align.maps {list(maps)} lists {name!r} twice; list each map once")
 
 
 RowReader = Callable[[int, int], torch.Tensor]  # (start, stop) -> rows [stop - start, d]

@@ -125,7 +125,7 @@ def fit_map(name: str, x: torch.Tensor, y: torch.Tensor, folded: torch.Tensor, r
         return fit_ridge(x, y, ridge)
     if name == "procrustes":
         return fit_procrustes(x, y)
-    raise SemalignError(f"align.map {name!r} is unknown; use one of {LATENT_MAPS}")
+    raise SemalignError(f"latent map {name!r} is unknown; use one of {LATENT_MAPS}")
 
 
 def fit_all(

@@ -1,7 +1,8 @@
 """Teacher↔student layer pairing (paper §4.1) and the v2 one-teacher-layer-per-student-layer selection.
 
-Both pairings are built for every run (`build_pairings`): the v1 and sft objectives follow the v1 depth map,
-the v2 objective its own selection (`PAIRING_OF`), so one run trains each objective as its paper states it.
+Both pairings are built for every run (`build_pairings`): the v1, sft and kd objectives follow the v1 depth
+map, the v2 objective its own selection (`PAIRING_OF`), so one run trains each objective as its paper states
+it.
 
 Layers are numbered 1..L; layer ℓ's output is the residual stream h_ℓ (h_0 = embeddings). All depth
 arithmetic is integer or `Fraction`, so floor(L_T·k/L_S) never suffers a float rounding error.
@@ -18,7 +19,7 @@ from semalign.errors import SemalignError
 
 MODES = ("v1", "v2")
 TRAIN_LAYERS = ("critical", "all")
-PAIRING_OF = {"v1": "v1", "sft": "v1", "v2": "v2"}  # training objective -> the pairing it follows
+PAIRING_OF = {"v1": "v1", "sft": "v1", "kd": "v1", "v2": "v2"}  # training objective -> the pairing it follows
 
 
 @dataclass(frozen=True)

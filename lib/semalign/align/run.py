@@ -2,8 +2,8 @@
 measurements that say whether the alignment means anything, over the pipeline's layout (data/,
 plots/align/, metrics/align/).
 
-Targets: for each trained student layer of each pairing (v1, v2), the teacher quantity mapped by
-`align.map`. Measurements:
+Targets: for each latent map of `align.maps` and each trained student layer of each pairing (v1, v2), the
+teacher quantity mapped by that map. Measurements:
 Fig. 2 for both models with the random-basis control and its sweep; every latent map on the held-out
 alignment examples, per student layer. Not re-exported by `semalign.align`: it loads models and stores,
 which the package's pure modules (and the stages importing only them) do not need.
@@ -95,11 +95,12 @@ def align(task: str, config: AlignConfig, stores: StoresConfig, ranks: Ranks) ->
         layer_maps, measured[mode, pair.student_layer] = compare_maps(
             teacher, own, real, fitted, maps["semantic"], config.ridge, config.control_seed
         )
-        chosen[mode, pair.student_layer] = layer_maps[config.map]
+        chosen[mode, pair.student_layer] = {name: layer_maps[name] for name in config.maps}
     held_out = {p.student_layer: measured["v1", p.student_layer] for p in pairing.layers}
 
     specs = [
-        TargetSpec(mode, p, chosen[mode, p.student_layer], interpolate[mode])
+        TargetSpec(mode, p, chosen[mode, p.student_layer][name], interpolate[mode], name)
+        for name in config.maps
         for mode, paired in pairings.items()
         for p in paired.layers
         if p.trained
@@ -137,7 +138,7 @@ def align(task: str, config: AlignConfig, stores: StoresConfig, ranks: Ranks) ->
                 {
                     "cache_fingerprint": split_cache.manifest["fingerprint"],
                     "interpolate": interpolate["v1"],
-                    "map": config.map,
+                    "maps": list(config.maps),
                     "bases": config.bases,
                     "fit_examples": fitted,
                     "targets": [spec.name for spec in specs],
@@ -194,7 +195,7 @@ def align(task: str, config: AlignConfig, stores: StoresConfig, ranks: Ranks) ->
     write_json(
         Path("metrics/align") / f"{task}.json",
         {
-            "map": config.map,
+            "maps": list(config.maps),
             "bases": config.bases,
             "interpolate": interpolate["v1"],
             "fidelity_mean_over_layers": {
@@ -227,4 +228,4 @@ def align(task: str, config: AlignConfig, stores: StoresConfig, ranks: Ranks) ->
             },
         },
     )
-    print(f"align {task}: {config.map} targets {[spec.name for spec in specs]}")
+    print(f"align {task}: targets of maps {list(config.maps)}: {[spec.name for spec in specs]}")

@@ -4,8 +4,8 @@ For each trained student layer k of each pairing (v1: depth map, v2: selection) 
 supervision interface is the paired teacher layer's residual contribution Δh_ℓ = h_ℓ − h_{ℓ−1} ("before
 residual addition", §4.3), either at the pairing's teacher layer or interpolated (1−λ)Δh_a + λΔh_b (§4.1,
 non-integer depth ratios; v1 only). It is mapped into student space by the layer's latent map
-(`semalign.align.latent_maps`): the paper's target = M Δh / ‖Δh‖ with the folded M, or a map fitted on the
-alignment split.
+(`semalign.align.latent_maps`): the paper's target = M Δh / ‖Δh‖ with the folded M, a map fitted on the
+alignment split, or the random control. One array per (latent map, pairing, student layer), all in one store.
 """
 
 from __future__ import annotations
@@ -23,24 +23,26 @@ from semalign.store import ArraySpec, BackgroundWriter, Store, StoreWriter
 from semalign.teacher.cache import read_contribution
 
 
-def target_name(student_layer: int, mode: str) -> str:
-    """Array name of student layer k's target under pairing `mode` (v1 and v2 may pair k differently)."""
-    return f"{mode}_target_{student_layer:02d}"
+def target_name(student_layer: int, mode: str, map_name: str = "semantic") -> str:
+    """Array name of student layer k's target under pairing `mode` (v1 and v2 may pair k differently) made
+    with latent map `map_name`."""
+    return f"{map_name}_{mode}_target_{student_layer:02d}"
 
 
 @dataclass(frozen=True)
 class TargetSpec:
     """One target array: student layer `pair.student_layer` under pairing `mode`, its teacher quantity
-    (interpolated if `interpolate`) mapped by `latent_map`."""
+    (interpolated if `interpolate`) mapped by `latent_map`, the map named `map_name` (align.maps)."""
 
     mode: str
     pair: LayerPair
     latent_map: LatentMap
     interpolate: bool
+    map_name: str = "semantic"
 
     @property
     def name(self) -> str:
-        return target_name(self.pair.student_layer, self.mode)
+        return target_name(self.pair.student_layer, self.mode, self.map_name)
 
 
 def teacher_quantity(
@@ -79,12 +81,15 @@ def write_targets(
     shard: Shard = Shard(),
 ) -> int:
     """Fill every unfinished chunk of `writer` that `shard` owns with the targets of `specs`; returns the
-    number of chunks computed."""
+    number of chunks computed. Specs differing only in their map read the teacher quantity once per chunk."""
     pending = sorted({c for name in writer.arrays for c in writer.pending_chunks(name) if shard.owns(c)})
     with BackgroundWriter(writer) as background:
         for chunk in progress(pending, desc=f"{desc}: chunks", unit="chunk"):
+            quantities = {}
             for spec in specs:
                 start, stop = writer.arrays[spec.name].rows(chunk)
-                quantity = teacher_quantity(cache, spec.pair, spec.interpolate, start, stop)
-                background.submit(spec.name, chunk, to_student_space(quantity, spec.latent_map))
+                key = (spec.mode, spec.pair, spec.interpolate, start, stop)
+                if key not in quantities:
+                    quantities[key] = teacher_quantity(cache, spec.pair, spec.interpolate, start, stop)
+                background.submit(spec.name, chunk, to_student_space(quantities[key], spec.latent_map))
     return len(pending)

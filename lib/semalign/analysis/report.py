@@ -132,8 +132,9 @@ def alignment_blocks(metrics: Mapping[str, Any], task: str) -> list[Block]:
         Block(
             text=f"**{task}: latent maps on held-out tokens** ({held_out['held_out_examples']} alignment "
             f"examples "
-            f"no map was fitted on; targets made with `{metrics['map']}`): cosine and relation-geometry "
-            "similarity between the student's own Δh_k and the mapped teacher quantity",
+            f"no map was fitted on; targets made with {', '.join(f'`{m}`' for m in metrics['maps'])}): "
+            "cosine and relation-geometry similarity between the student's own Δh_k and the mapped teacher "
+            "quantity",
             headers=[
                 "map",
                 *(f"layer {k} {m}" for k in layers for m in measures),

@@ -3,6 +3,7 @@
 from semalign.student.objectives import (
     cross_entropy_loss,
     interface_similarity,
+    kd_loss,
     layer_cosine_loss,
     output_cosine_loss,
     relation_geometry_loss,
@@ -27,8 +28,10 @@ from semalign.student.training import (
     train,
     training_phases,
 )
+from semalign.student.variants import OBJECTIVES, Variant, parse_variant
 
 __all__ = [
+    "OBJECTIVES",
     "TERMS",
     "TrainConfig",
     "TrainingBatch",
@@ -36,12 +39,14 @@ __all__ = [
     "batch_losses",
     "cross_entropy_loss",
     "interface_similarity",
+    "kd_loss",
     "layer_alignment",
     "layer_cosine_loss",
     "load_student",
     "lora_parameters",
     "micro_batches",
     "output_cosine_loss",
+    "parse_variant",
     "place",
     "relation_geometry_loss",
     "save_adapter",
@@ -52,4 +57,5 @@ __all__ = [
     "topk_kl_loss",
     "train",
     "training_phases",
+    "Variant",
 ]

@@ -123,6 +123,22 @@ def topk_kl_loss(
     return topk_kl(logits, topk_logprobs, topk_ids, rest_logmass)[mask.bool()].mean()
 
 
+def kd_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    topk_ids: torch.Tensor,
+    rest_logmass: torch.Tensor,
+    mask: torch.Tensor,
+    kd_weight: float,
+) -> torch.Tensor:
+    """kd output term (torchtune's knowledge_distillation recipe): (1 − kd_weight) · `cross_entropy_loss`
+    on the answer tokens + kd_weight · `topk_kl_loss` (KL(teacher ‖ student) over the teacher's top-k and the
+    rest) over `mask`'s positions. Shapes as `topk_kl`; labels `[B, T]`. kd_weight 0: the sft term exactly."""
+    kl = topk_kl_loss(logits, topk_logprobs, topk_ids, rest_logmass, mask)
+    return (1.0 - kd_weight) * cross_entropy_loss(logits, labels) + kd_weight * kl
+
+
 def next_token_positions(attention_mask: torch.Tensor, labels: torch.Tensor, which: str) -> torch.Tensor:
     """`[B, T]` bool: the positions whose next-token distribution a KL term compares. "all": every real
     token (the distillation view); "answer": those predicting a target token (position t predicts t + 1)."""

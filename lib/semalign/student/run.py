@@ -1,7 +1,8 @@
-"""The `train@<task>` run: LoRA-train the student from the cache (targets + teacher top-k) with one
-objective on its pairing, and measure the trained layers' alignment before and after on the held-out
-alignment examples. Not re-exported by `semalign.student`: it reads the pipeline's stores and writes its
-outputs, which the package's pure modules (and the stages importing only them) do not need.
+"""The `train@<task>-<variant>` run: LoRA-train the student from the cache (targets + teacher top-k) with one
+variant (`semalign.student.variants`: objective, latent map of its targets, seed) on its pairing, and measure
+the trained layers' alignment before and after on the held-out alignment examples. Not re-exported by
+`semalign.student`: it reads the pipeline's stores and writes its outputs, which the package's pure modules
+(and the stages importing only them) do not need.
 """
 
 import json
@@ -16,6 +17,7 @@ from semalign.align.pairing import PAIRING_OF, Pairing, read_pairings
 from semalign.align.targets import target_name
 from semalign.data import load_split
 from semalign.distributed import Ranks
+from semalign.errors import SemalignError
 from semalign.files import write_json
 from semalign.plots import plot_curves
 from semalign.store import open_store
@@ -32,7 +34,10 @@ from semalign.student.training import (
     token_tensors,
     train,
     training_phases,
+    uses_targets,
+    uses_topk,
 )
+from semalign.student.variants import parse_variant
 from semalign.teacher.bases import VocabAlignment
 
 TOPK = ("topk_logprobs", "topk_ids", "rest_logmass")
@@ -53,10 +58,12 @@ class TrainPaths:
     plot: Path  # without suffix: .json (per-step losses) and .png
 
 
-def training_rows(paths: TrainPaths, specs: list[tuple[int, str]], vocab: VocabAlignment, with_topk: bool):
+def training_rows(
+    paths: TrainPaths, specs: list[tuple[int, str, str]], vocab: VocabAlignment, with_topk: bool
+):
     """The training split as row sources `[N, T, ...]`: token tensors in memory (student ids); the cached
-    top-k (teacher ids read as student ids) and the targets `specs` (student layer, pairing) read from their
-    stores on demand, so each process reads only its own micro batches."""
+    top-k (teacher ids read as student ids) and the targets `specs` (student layer, pairing, latent map) read
+    from their stores on demand, so each process reads only its own micro batches."""
     encoded, _ = load_split(paths.data, "training")
     tensors = token_tensors(encoded, vocab)
     if with_topk:
@@ -64,10 +71,10 @@ def training_rows(paths: TrainPaths, specs: list[tuple[int, str]], vocab: VocabA
         tensors |= {name: cache.rows(name) for name in TOPK}
         tensors["topk_ids"] = StudentIds(tensors["topk_ids"], vocab)
     targets = open_store(paths.targets / "training.zarr")
-    return tensors, {k: targets.rows(target_name(k, mode)) for k, mode in specs}
+    return tensors, {k: targets.rows(target_name(k, mode, name)) for k, mode, name in specs}
 
 
-def held_out_inputs(paths: TrainPaths, specs: list[tuple[int, str]], vocab: VocabAlignment):
+def held_out_inputs(paths: TrainPaths, specs: list[tuple[int, str, str]], vocab: VocabAlignment):
     """In-memory tensors `[N, T]` and targets `[N, T, d]` of the alignment examples no latent map was fitted
     on (the targets manifest's `fit_examples` on: the held-out examples `align` measures every map on)."""
     encoded, _ = load_split(paths.data, "alignment")
@@ -76,7 +83,7 @@ def held_out_inputs(paths: TrainPaths, specs: list[tuple[int, str]], vocab: Voca
     tensors = token_tensors(encoded, vocab)
     return (
         {name: t[first:] for name, t in tensors.items()},
-        {k: targets.read(target_name(k, mode))[first:] for k, mode in specs},
+        {k: targets.read(target_name(k, mode, name))[first:] for k, mode, name in specs},
     )
 
 
@@ -96,15 +103,27 @@ def phases(records: list[dict], objective: str, pairing: Pairing) -> list[dict]:
 
 
 def train_student(task: str, config: TrainConfig, paths: TrainPaths, ranks: Ranks) -> None:
-    """Train the adapter of `task` with `config.objective` (every rank takes part: DDP or FSDP as `ranks`
-    and `config.parallel` say) and, on rank 0, write the adapter's losses, plot and metrics."""
-    mode = PAIRING_OF[config.objective]
+    """Train the adapter of `task` with the variant `config.objective` (every rank takes part: DDP or FSDP as
+    `ranks` and `config.parallel` say) and, on rank 0, write the adapter's losses, plot and metrics.
+
+    v1 and v2 train on the targets of their map, which `align` must have made (align.maps); sft and kd read no
+    targets, and their held-out alignment is measured against the targets of the first map align made."""
+    manifest = open_store(paths.targets / "training.zarr").manifest
+    if "maps" not in manifest:
+        raise SemalignError(
+            f"targets {paths.targets} do not say which latent maps made them (made before align.maps); "
+            "rerun `dvc repro align`"
+        )
+    maps = manifest["maps"]
+    variant = parse_variant(config.objective, maps)
+    measured_map = variant.map or maps[0]
+    mode = PAIRING_OF[variant.objective]
     pairing = read_pairings(json.loads(paths.pairs.read_text()))[mode]
     layers = pairing.trained_student_layers
-    specs = [(k, mode) for k in layers]
+    specs = [(k, mode, measured_map) for k in layers]
     vocab = VocabAlignment.load(paths.vocab)
 
-    tensors, targets = training_rows(paths, specs, vocab, with_topk=config.objective == "v2")
+    tensors, targets = training_rows(paths, specs if uses_targets(config) else [], vocab, uses_topk(config))
     model = load_student(paths.student, layers, config, ranks)
     held_tensors, held_targets = held_out_inputs(paths, specs, vocab)
     held_out = list(
@@ -114,10 +133,10 @@ def train_student(task: str, config: TrainConfig, paths: TrainPaths, ranks: Rank
 
     def epoch_steps(epoch: int):
         return step_batches(
-            tensors, targets, config, torch.Generator().manual_seed(config.seed + epoch), ranks.shard
+            tensors, targets, config, torch.Generator().manual_seed(config.run_seed + epoch), ranks.shard
         )
 
-    torch.manual_seed(config.seed + ranks.rank)  # LoRA dropout: reproducible, and different on each rank
+    torch.manual_seed(config.run_seed + ranks.rank)  # LoRA dropout: reproducible, and different on each rank
     started = time.perf_counter()
     result = train(
         model, epoch_steps, layers, config, steps_per_epoch(len(tensors["input_ids"]), config), ranks
@@ -141,15 +160,18 @@ def train_student(task: str, config: TrainConfig, paths: TrainPaths, ranks: Rank
         paths.metrics,
         {
             "objective": config.objective,
-            "map": open_store(paths.targets / "training.zarr").manifest["map"],
+            "kind": variant.objective,
+            "map": variant.map,  # the targets it trained on (None: sft, kd)
+            "seed": config.run_seed,
             "pairing": mode,
             "trained_layers": layers,
-            "phases": phases(result.records, config.objective, pairing),
+            "phases": phases(result.records, variant.objective, pairing),
             "steps": len(result.records),
             "processes": ranks.world,
             "final_loss": result.records[-1]["loss"] if result.records else None,
             "seconds": round(seconds, 1),
             "held_out_examples": len(held_tensors["input_ids"]),
+            "held_out_map": measured_map,
             "held_out_alignment": {str(k): {"before": before[k], "after": after[k]} for k in layers},
         },
     )

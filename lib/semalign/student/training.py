@@ -1,4 +1,4 @@
-"""Student training from the cache: LoRA on the paired layers only, v1 / v2 / sft objectives.
+"""Student training from the cache: LoRA on the paired layers only, v1 / v2 / sft / kd objectives.
 
 v1 (paper §4.3): all trained layers' adapters together; loss = layer_weight · mean_k (1 − cos(Δh_k, target_k))
     + output_weight · (1 − cos(z, onehot(y))).
@@ -7,6 +7,10 @@ v2 (newest abstract): shallow to deep, one phase per trained layer, only the fro
     from the cached top-k. The phases share the run's epochs × steps_per_epoch optimizer steps evenly (the
     shallower phases take the remainder), so v2 costs what v1 costs.
 sft: cross-entropy only, same adapters and data (the task-matched baseline).
+kd (torchtune's knowledge_distillation recipe): output term = (1 − kd_weight) · cross-entropy
+    + kd_weight · KL(teacher ‖ student) from the cached top-k, same adapters and data as sft, no targets.
+`objective` is a variant name (`semalign.student.variants`): v1 and v2 name the latent map of their targets,
+and `-s<n>` trains with seed + n.
 Δh_k = h_k − h_{k−1} is the layer's residual contribution ("before residual addition"). Gradients flow
 through the whole network; only LoRA parameters of the trained layers update.
 
@@ -45,16 +49,17 @@ from semalign.store import StoreRows
 from semalign.student.objectives import (
     cross_entropy_loss,
     interface_similarity,
+    kd_loss,
     layer_cosine_loss,
     next_token_positions,
     output_cosine_loss,
     relation_geometry_loss,
     topk_kl_loss,
 )
+from semalign.student.variants import Variant, parse_variant
 from semalign.teacher.activations import ResidualRecorder
 from semalign.teacher.bases import VocabAlignment
 
-OBJECTIVES = ("v1", "v2", "sft")
 PARALLEL = ("ddp", "fsdp")
 TERMS = ("loss", "layer_term", "output_term")
 Rows = torch.Tensor | StoreRows  # a split's array `[N, ...]`, indexable by a tensor of row numbers
@@ -62,7 +67,8 @@ Rows = torch.Tensor | StoreRows  # a split's array `[N, ...]`, indexable by a te
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """`train` section. batch_size is the effective batch (gradient accumulation over micro batches).
+    """`train` section. objective: a variant name (`parse_variant`); batch_size is the effective batch
+    (gradient accumulation over micro batches); kd_weight: kd's share of KL against cross-entropy;
     parallel: how processes under torchrun share the student: "ddp" (a whole copy each) | "fsdp" (sharded)."""
 
     objective: str = "v1"
@@ -78,6 +84,7 @@ class TrainConfig:
     layer_weight: float = at_least(1.0, 0)
     output_weight: float = at_least(1.0, 0)
     kl_positions: str = "all"
+    kd_weight: float = between(0.5, 0.0, 1.0)
     max_grad_norm: float = positive(1.0)
     explode_factor: float = positive(100.0)
     seed: int = at_least(0, 0)
@@ -85,8 +92,9 @@ class TrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        if self.objective not in OBJECTIVES:
-            raise SemalignError(f"train.objective {self.objective!r} is unknown; use one of {OBJECTIVES}")
+        parse_variant(self.objective)
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise SemalignError(f"train.kd_weight {self.kd_weight} must be a share between 0 and 1")
         if self.batch_size % self.micro_batch_size:
             raise SemalignError(
                 f"train.batch_size {self.batch_size} is not a multiple of micro_batch_size "
@@ -101,11 +109,22 @@ class TrainConfig:
                 "on one device)"
             )
 
+    @property
+    def variant(self) -> Variant:
+        """The parsed `objective`: objective kind, latent map of the targets, seed offset."""
+        return parse_variant(self.objective)
+
+    @property
+    def run_seed(self) -> int:
+        """The seed this run trains with (adapter initialisation, data order, dropout): seed + the variant's
+        -s<n>."""
+        return self.seed + self.variant.seed_offset
+
 
 @dataclass
 class TrainingBatch:
     """One micro batch, cut to its longest real example. Token tensors `[B, T]`; targets: student layer k ->
-    `[B, T, d_student]`; topk_*: `[B, T, k]`; rest_logmass `[B, T]` (the last three only for v2)."""
+    `[B, T, d_student]`; topk_*: `[B, T, k]`; rest_logmass `[B, T]` (the last three only for v2 and kd)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -214,8 +233,8 @@ def add_lora(model: PreTrainedModel, layers: list[int], config: TrainConfig) -> 
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with torch.random.fork_rng(devices=[]):  # the adapters' initialisation follows config.seed, on every rank
-        torch.manual_seed(config.seed)
+    with torch.random.fork_rng(devices=[]):  # the adapters' initialisation follows the run's seed, every rank
+        torch.manual_seed(config.run_seed)
         return get_peft_model(model, lora)
 
 
@@ -269,7 +288,7 @@ def lora_parameters(model: PeftModel, layer: int) -> list[torch.nn.Parameter]:
 def _layer_term(
     config: TrainConfig, recorder: ResidualRecorder, batch: TrainingBatch, layers: list[int]
 ) -> torch.Tensor:
-    loss = relation_geometry_loss if config.objective == "v2" else layer_cosine_loss
+    loss = relation_geometry_loss if config.variant.objective == "v2" else layer_cosine_loss
     terms = [
         loss(recorder.states[k] - recorder.states[k - 1], batch.targets[k], batch.attention_mask)
         for k in layers
@@ -278,12 +297,16 @@ def _layer_term(
 
 
 def _output_term(config: TrainConfig, logits: torch.Tensor, batch: TrainingBatch) -> torch.Tensor:
-    if config.objective == "v1":
+    objective = config.variant.objective
+    if objective == "v1":
         return output_cosine_loss(logits, batch.labels)
-    if config.objective == "sft":
+    if objective == "sft":
         return cross_entropy_loss(logits, batch.labels)
     positions = next_token_positions(batch.attention_mask, batch.labels, config.kl_positions)
-    return topk_kl_loss(logits, batch.topk_logprobs, batch.topk_ids, batch.rest_logmass, positions)
+    topk = (batch.topk_logprobs, batch.topk_ids, batch.rest_logmass)
+    if objective == "kd":
+        return kd_loss(logits, batch.labels, *topk, positions, config.kd_weight)
+    return topk_kl_loss(logits, *topk, positions)
 
 
 def batch_losses(
@@ -304,7 +327,7 @@ def batch_losses(
             for name, value in vars(batch).items()
         }
     )
-    needed = sorted({k for k in layers} | {k - 1 for k in layers}) if config.objective != "sft" else []
+    needed = sorted({k for k in layers} | {k - 1 for k in layers}) if uses_targets(config) else []
     with ResidualRecorder(model.get_base_model(), needed, detach=False) as recorder:
         logits = (forward or model)(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
@@ -351,7 +374,7 @@ def train(
             f"{config.micro_batch_size}, which {ranks.world} processes cannot share evenly; make "
             f"batch_size / micro_batch_size a multiple of {ranks.world} (or start fewer processes)"
         )
-    phases = training_phases(config.objective, layers)
+    phases = training_phases(config.variant.objective, layers)
     total = config.epochs * steps_per_epoch
     if total < len(phases):
         raise SemalignError(
@@ -409,9 +432,19 @@ def train(
     return result
 
 
+def uses_targets(config: TrainConfig) -> bool:
+    """Whether the objective has a layer term on the targets (v1, v2); sft and kd train the output alone."""
+    return config.variant.map is not None
+
+
+def uses_topk(config: TrainConfig) -> bool:
+    """Whether the objective reads the teacher's cached top-k (v2, kd)."""
+    return config.variant.objective in ("v2", "kd")
+
+
 def training_phases(objective: str, layers: list[int]) -> list[list[int]]:
-    """The student layers trainable in each phase: v2 one frontier layer per phase, shallow to deep; v1 and
-    sft all `layers` in one phase."""
+    """The student layers trainable in each phase for objective kind `objective` (v1 | v2 | sft | kd): v2
+    one frontier layer per phase, shallow to deep; the others all `layers` in one phase."""
     return [[k] for k in sorted(layers)] if objective == "v2" else [sorted(layers)]
 
 
