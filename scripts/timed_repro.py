@@ -51,7 +51,8 @@ def markdown(record: dict) -> str:
     skipped = [row["stage"] for row in record["stages"] if not row["ran"]]
     lines = [
         f"`{record['command']}` on {record['date']}, {record['machine']}: "
-        f"**{record['total_s'] / 60:.1f} min** wall, peak resident memory **{record['peak_rss_gib']:.1f} GiB** (process tree).",
+        f"**{record['total_s'] / 60:.1f} min** wall, peak resident memory "
+        f"**{record['peak_rss_gib']:.1f} GiB** (process tree).",
         "",
         "| stage | s | peak GiB |",
         "|---|---|---|",
