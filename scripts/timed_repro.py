@@ -47,22 +47,29 @@ def stage_times(events: list[tuple[float, str, str]], end: float, peaks: dict[st
 
 
 def markdown(record: dict) -> str:
-    ran = [row for row in record["stages"] if row["ran"]]
+    """The run as the README shows it: total and peak, then one row per stage family (the name before
+    `@`: evaluate@mmlu-teacher is evaluate), slowest first, with its stages and their peak memory."""
+    families: dict[str, list[dict]] = {}
+    for row in record["stages"]:
+        if row["ran"]:
+            families.setdefault(row["stage"].split("@")[0], []).append(row)
     skipped = [row["stage"] for row in record["stages"] if not row["ran"]]
     lines = [
         f"`{record['command']}` on {record['date']}, {record['machine']}: "
         f"**{record['total_s'] / 60:.1f} min** wall, peak resident memory "
         f"**{record['peak_rss_gib']:.1f} GiB** (process tree).",
         "",
-        "| stage | s | peak GiB |",
-        "|---|---|---|",
-        *(
-            f"| {row['stage']} | {row['seconds']:.0f} | {row['peak_rss_gib']:.1f} |"
-            for row in sorted(ran, key=lambda r: -r["seconds"])
-        ),
+        "| stage family | stages run | s | slowest stage (s) | peak GiB |",
+        "|---|---|---|---|---|",
     ]
+    for family, rows in sorted(families.items(), key=lambda kv: -sum(r["seconds"] for r in kv[1])):
+        slowest = max(rows, key=lambda r: r["seconds"])
+        lines.append(
+            f"| {family} | {len(rows)} | {sum(r['seconds'] for r in rows):.0f} | "
+            f"{slowest['stage']} ({slowest['seconds']:.0f}) | {max(r['peak_rss_gib'] for r in rows):.1f} |"
+        )
     if skipped:
-        lines += ["", f"Skipped by DVC (unchanged): {len(skipped)} stages, " + ", ".join(skipped) + "."]
+        lines += ["", f"Skipped by DVC (unchanged): {len(skipped)} stages."]
     return "\n".join(lines) + "\n"
 
 
