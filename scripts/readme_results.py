@@ -1,11 +1,12 @@
-"""Copy the results table the `table` stage generated (report/table.md, up to its first `## ` section) into
-README.md between the `<!-- results -->` markers: `python scripts/readme_results.py` after a run."""
+"""Copy the generated results into README.md between their markers, `python scripts/readme_results.py`
+after a run: `<!-- results -->` the table stage's report/table.md up to its first `## ` section,
+`<!-- timing -->` results/timing/default.md (+ student-only.md), `<!-- power -->` and `<!-- verdict -->`
+the study's results/study/power.md and verdict.md. A block whose source does not exist yet is left alone."""
 
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- results -->\n).*?(<!-- /results -->)", re.S)
 
 
 def results_section(table_md: str) -> str:
@@ -14,12 +15,40 @@ def results_section(table_md: str) -> str:
     return body.split("\n## ", 1)[0].strip() + "\n"
 
 
+def with_block(readme: str, name: str, content: str) -> str:
+    """`readme` with the text between `<!-- name -->` and `<!-- /name -->` replaced by `content`."""
+    block = re.compile(rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)", re.S)
+    if not block.search(readme):
+        raise SystemExit(f"README.md has no <!-- {name} --> ... <!-- /{name} --> block")
+    return block.sub(lambda m: m.group(1) + content.strip() + "\n" + m.group(2), readme)
+
+
 def with_results(readme: str, table_md: str) -> str:
-    if not BLOCK.search(readme):
-        raise SystemExit("README.md has no <!-- results --> ... <!-- /results --> block")
-    return BLOCK.sub(lambda m: m.group(1) + results_section(table_md) + m.group(2), readme)
+    return with_block(readme, "results", results_section(table_md))
+
+
+def generated_blocks(root: Path = ROOT) -> dict[str, str]:
+    """Each README block's generated content, for the sources that exist."""
+    sources = {
+        "results": [root / "report/table.md"],
+        "timing": [root / "results/timing/default.md", root / "results/timing/student-only.md"],
+        "power": [root / "results/study/power.md"],
+        "verdict": [root / "results/study/verdict.md"],
+    }
+    blocks = {}
+    for name, paths in sources.items():
+        texts = [path.read_text() for path in paths if path.is_file()]
+        if texts:
+            blocks[name] = results_section(texts[0]) if name == "results" else "\n".join(texts)
+    return blocks
+
+
+def synced(readme: str, root: Path = ROOT) -> str:
+    for name, content in generated_blocks(root).items():
+        readme = with_block(readme, name, content)
+    return readme
 
 
 if __name__ == "__main__":
     readme = ROOT / "README.md"
-    readme.write_text(with_results(readme.read_text(), (ROOT / "report/table.md").read_text()))
+    readme.write_text(synced(readme.read_text()))

@@ -14,10 +14,25 @@ def test_readme_is_short():
     assert len((ROOT / "README.md").read_bytes()) <= 8192
 
 
-def test_readme_results_are_the_generated_table():
+def test_readme_results_timing_and_verdict_are_the_generated_ones():
     readme = (ROOT / "README.md").read_text()
-    table = (ROOT / "report/table.md").read_text()
-    assert SYNC["with_results"](readme, table) == readme, "run python scripts/readme_results.py"
+    assert SYNC["synced"](readme) == readme, "run python scripts/readme_results.py"
+    assert {"results", "timing"} <= set(SYNC["generated_blocks"]())
+
+
+def test_every_block_is_replaced_from_its_source_and_a_missing_marker_stops(tmp_path):
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report/table.md").write_text("# T\n\nrows\n\n## more\n")
+    (tmp_path / "results/timing").mkdir(parents=True)
+    (tmp_path / "results/timing/default.md").write_text("took 20 min\n")
+    readme = "a\n<!-- results -->\nold\n<!-- /results -->\n<!-- timing -->\nold\n<!-- /timing -->\nz"
+    assert SYNC["synced"](readme, tmp_path) == (
+        "a\n<!-- results -->\nrows\n<!-- /results -->\n<!-- timing -->\ntook 20 min\n<!-- /timing -->\nz"
+    )
+    (tmp_path / "results/study").mkdir()
+    (tmp_path / "results/study/verdict.md").write_text("| claim |\n")
+    with pytest.raises(SystemExit, match="no <!-- verdict -->"):
+        SYNC["synced"](readme, tmp_path)
 
 
 def test_results_section_stops_at_the_first_subsection():

@@ -171,6 +171,10 @@ def test_gap_closed_and_paired_differences_by_hand():
     c = compare_agreement(student, variant)
     assert c["kl_diff"] == pytest.approx(-1.0) and c["kl_gap_closed"] == pytest.approx(0.5)
     assert c["answer_kl_gap_closed"] == pytest.approx(0.5)
+    # the gap closed's interval is the difference's interval over the student's fixed KL (mean 2)
+    assert c["kl_gap_closed_low"] == pytest.approx(-c["kl_diff_high"] / 2)
+    assert c["kl_gap_closed_high"] == pytest.approx(-c["kl_diff_low"] / 2)
+    assert c["kl_gap_closed_low"] <= 0.5 <= c["kl_gap_closed_high"]
     assert c["top1_diff"] == pytest.approx(1 / 3) and c["kl_diff_low"] <= -1.0 <= c["kl_diff_high"] < 0
     same = compare_agreement(student, student)
     assert same["kl_diff"] == same["kl_diff_low"] == same["kl_diff_high"] == 0 and same["kl_gap_closed"] == 0
@@ -191,3 +195,21 @@ def test_the_table_pairs_every_variant_with_the_student_and_displays_it():
     assert [row[0] for row in part["rows"]] == ["student", "v1"]
     assert part["rows"][1][4] == "0.250" and part["rows"][0][3] == "—"
     assert "vs_student" not in agreement_table({"mmlu": {"v1": rows["mmlu"]["v1"]}})["mmlu"]["v1"]
+
+
+def test_every_variant_is_also_paired_with_the_sft_and_kd_baselines_that_ran():
+    rows = {
+        "student": _rows([1.0, 1.0], [0.0, 0.0]),
+        "kd": _rows([0.5, 0.5], [1.0, 0.0]),
+        "sft": _rows([0.8, 1.0], [0.0, 0.0]),
+        "v1": _rows([0.6, 0.6], [1.0, 0.0]),
+    }
+    table = agreement_table({"mmlu": rows})["mmlu"]
+    assert set(table["v1"]) >= {"vs_student", "vs_sft", "vs_kd"}
+    assert table["v1"]["vs_kd"]["kl_diff"] == pytest.approx(0.1)
+    assert table["v1"]["vs_sft"]["kl_diff"] == pytest.approx(-0.3)
+    assert "vs_kd" not in table["kd"] and "vs_sft" in table["kd"] and "vs_sft" not in table["sft"]
+    (part,) = agreement_display({"mmlu": table})
+    assert part["headers"][-2:] == ["KL − sft", "KL − kd"]
+    v1 = next(row for row in part["rows"] if row[0] == "v1")
+    assert v1[-1].startswith("+0.1 [") and v1[-2].startswith("-0.3 [")

@@ -22,6 +22,7 @@ from semalign.evaluation.prompts import MMLU_DESCRIPTION, MMLU_INSTRUCTION, eval
 from semalign.evaluation.runner import (
     EvalConfig,
     ItemResult,
+    _cut,
     answer_token_ids,
     compare_paired,
     evaluate_task,
@@ -86,6 +87,7 @@ class FakeComplete:
 
     def __init__(self, answer, fail_after_calls=None):
         self.answer, self.prompts, self.calls, self.fail_after_calls = answer, [], 0, fail_after_calls
+        self.stop_strings = set()
 
     def __call__(
         self,
@@ -96,7 +98,9 @@ class FakeComplete:
         stop_ids,
         temperature=0.0,
         n_samples=1,
+        stop_strings=(),
     ):
+        self.stop_strings.add(tuple(stop_strings))
         if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
             raise KeyboardInterrupt  # the process dies here
         self.calls += 1
@@ -177,6 +181,25 @@ def test_greedy_completion_is_argmax_decoding_whatever_the_checkpoint_generation
         assert completion == Completion(tokenizer.decode(new, skip_special_tokens=True), stopped)
 
 
+def test_stop_strings_end_decoding_early_and_change_no_kept_text(tokenizer):
+    """A row that reaches a stop string stops decoding; cut at that string, every completion equals the
+    one decoded to the full budget, and a row that never meets one is unchanged."""
+    model = tiny_model("qwen2", vocab_size=VOCAB)
+    prompts = ["Question: What is 12 plus 30?\nAnswer:", "def add(a, b):\n", "2?"]
+    full = generation.complete(model, tokenizer, prompts, max_new_tokens=24, stop_ids=[2])
+    texts = [completion.text for (completion,) in full]
+    # Stop strings drawn from what the model does write, so some rows end early and some do not.
+    stops = sorted({text[3:5] for text in texts[:2] if len(text) >= 5})
+    assert stops, texts
+    early = generation.complete(
+        model, tokenizer, prompts, max_new_tokens=24, stop_ids=[2], stop_strings=stops
+    )
+    for (completion,), text in zip(early, texts):
+        assert _cut(completion.text, stops) == _cut(text, stops)
+        assert len(completion.text) <= len(text)
+    assert any(len(c.text) < len(t) for (c,), t in zip(early, texts))
+
+
 def test_stop_tokens_include_the_chat_end_of_turn(tokenizer, model):
     assert stop_token_ids(model, tokenizer, chat_template=False) == [2]
     assert stop_token_ids(model, tokenizer, chat_template=True) == [
@@ -201,7 +224,9 @@ def test_math_scoring_extracts_the_final_number_and_cuts_plain_text_at_the_next_
         FakeComplete(lambda prompt, _: answers[int(prompt.split("Alice has ")[1].split()[0])]),
     )
     items = _math_items(4)
+    fake = generation.complete
     plain = score_math(None, tiny_tokenizer(), items, "lm_eval", batch_size=3, max_new_tokens=8)
+    assert fake.stop_strings == {("\nQuestion:",)}  # decoding stops where the answer is cut
     assert [(r.correct, r.prediction) for r in plain] == [(True, "4"), (False, "6"), (True, "6"), (False, "")]
     assert [(r.detail["strict_correct"], r.detail["strict"]) for r in plain] == [
         (True, "4"),
@@ -415,6 +440,9 @@ def test_config_rejects_greedy_samples_and_unknown_tasks():
         EvalConfig(limit={"gsm": 10})
     with pytest.raises(SemalignError, match="batch_size"):
         EvalConfig(batch_size=0)
+    with pytest.raises(SemalignError) as error:
+        EvalConfig(dtype="float16")
+    assert str(error.value) == "evaluate.dtype is 'float16'; use one of ['float32', 'bfloat16']"
 
 
 def test_protocols_per_task_or_for_every_task_and_their_errors():
@@ -447,7 +475,7 @@ def test_a_results_file_of_another_protocol_is_started_afresh(monkeypatch, tmp_p
 def test_per_task_budgets_reach_generation_and_keep_the_other_tasks_results(monkeypatch, tmp_path):
     budgets = []
 
-    def complete(model, tokenizer, prompts, max_new_tokens, stop_ids, *args):
+    def complete(model, tokenizer, prompts, max_new_tokens, stop_ids, *args, **kwargs):
         budgets.append(max_new_tokens)
         return [[_completion(_asdiv_answer(prompt, 0))] for prompt in prompts]
 

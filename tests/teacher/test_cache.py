@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,11 @@ def test_a_teacher_producing_nan_stops_the_cache_naming_the_chunk(tmp_path):
         build_cache(tmp_path / "cache.zarr", config, make_inputs(num_examples=4), model)
     with pytest.raises(SemalignError, match="incomplete"):
         open_store(tmp_path / "cache.zarr")
+
+
+def test_forward_precision_is_checked_and_part_of_the_store_identity():
+    with pytest.raises(SemalignError) as error:
+        CacheConfig(forward_dtype="float16")
+    assert str(error.value) == "cache.forward_dtype is 'float16'; use one of ['float32', 'bfloat16']"
+    # The store's fingerprint hashes asdict(config): a bfloat16 forward never resumes a float32 store.
+    assert asdict(CacheConfig()) != asdict(CacheConfig(forward_dtype="bfloat16"))

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from semalign.teacher.bases import VocabAlignment
 
 TOPK = ("topk_logprobs", "topk_ids", "rest_logmass")
+# Every variant's KL is paired against each of these that was run: the untouched student, then the
+# baselines a transfer must beat (sft, kd).
+AGREEMENT_REFERENCES = ("student", "sft", "kd")
 POSITIONS = {"all": "", "answer": "answer_"}  # position set -> prefix of its per-example keys
 MEASURES = ("kl", "top1")
 
@@ -152,7 +155,9 @@ def compare_agreement(
 ) -> dict[str, Any]:
     """`variant` against `student` on the same examples: per measure the paired-bootstrap difference
     variant − student (`<measure>_diff`, `_diff_low`, `_diff_high`), and `kl_gap_closed` /
-    `answer_kl_gap_closed` = (KL_student − KL_variant) / KL_student (None when KL_student is 0)."""
+    `answer_kl_gap_closed` = (KL_student − KL_variant) / KL_student with its interval (`_low`, `_high`: the
+    difference's interval over the fixed KL_student; all None when KL_student is 0). `student` may be any
+    reference variant (sft, kd): the gap closed is then the share of that reference's KL."""
     ids = [row["item_id"] for row in student]
     if [row["item_id"] for row in variant] != ids:
         raise SemalignError(
@@ -165,21 +170,27 @@ def compare_agreement(
         comparison |= {f"{key}_diff": diff, f"{key}_diff_low": low, f"{key}_diff_high": high}
     for prefix in POSITIONS.values():
         base = sum(row[f"{prefix}kl"] for row in student) / len(student)
-        gained = -comparison[f"{prefix}kl_diff"]
-        comparison[f"{prefix}kl_gap_closed"] = gained / base if base > 0 else None
+        closed = {
+            "": -comparison[f"{prefix}kl_diff"],
+            "_low": -comparison[f"{prefix}kl_diff_high"],
+            "_high": -comparison[f"{prefix}kl_diff_low"],
+        }
+        for suffix, gained in closed.items():
+            comparison[f"{prefix}kl_gap_closed{suffix}"] = gained / base if base > 0 else None
     return comparison
 
 
 def agreement_table(rows: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]]) -> dict[str, Any]:
-    """From per-example rows[task][variant]: {task: {variant: summary (+ "vs_student" for every variant but
-    the student, when the student's rows exist)}}."""
+    """From per-example rows[task][variant]: {task: {variant: summary (+ "vs_<reference>" for each of
+    AGREEMENT_REFERENCES other than the variant whose rows exist)}}."""
     table = {}
     for task, by_variant in sorted(rows.items()):
         table[task] = {}
         for variant, variant_rows in sorted(by_variant.items(), key=lambda kv: (kv[0] != "student", kv[0])):
             table[task][variant] = summarise_agreement(variant_rows)
-            if variant != "student" and "student" in by_variant:
-                table[task][variant]["vs_student"] = compare_agreement(by_variant["student"], variant_rows)
+            for base in AGREEMENT_REFERENCES:
+                if variant != base and base in by_variant:
+                    table[task][variant][f"vs_{base}"] = compare_agreement(by_variant[base], variant_rows)
     return table
 
 
@@ -188,6 +199,7 @@ def agreement_display(table: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> l
     `semalign.evaluation.table.result_tables`), one per task."""
     parts = []
     for task, by_variant in table.items():
+        references = [ref for ref in AGREEMENT_REFERENCES[1:] if ref in by_variant]
         rows = []
         for variant, s in by_variant.items():
             vs = s.get("vs_student")
@@ -196,13 +208,12 @@ def agreement_display(table: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> l
                     variant,
                     str(s["n"]),
                     f"{s['kl']:.4g} [{s['kl_ci_low']:.4g}, {s['kl_ci_high']:.4g}]",
-                    "—"
-                    if vs is None
-                    else f"{vs['kl_diff']:+.3g} [{vs['kl_diff_low']:+.3g}, {vs['kl_diff_high']:+.3g}]",
+                    _diff_cell(vs),
                     "—" if vs is None or vs["kl_gap_closed"] is None else f"{vs['kl_gap_closed']:.3f}",
                     f"{s['top1']:.3f} [{s['top1_ci_low']:.3f}, {s['top1_ci_high']:.3f}]",
                     f"{s['answer_kl']:.4g}",
                     f"{s['answer_top1']:.3f}",
+                    *(_diff_cell(s.get(f"vs_{ref}")) for ref in references),
                 ]
             )
         parts.append(
@@ -221,11 +232,18 @@ def agreement_display(table: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> l
                     "top-1 agreement",
                     "answer KL",
                     "answer top-1",
+                    *(f"KL − {ref}" for ref in references),
                 ],
                 "rows": rows,
             }
         )
     return parts
+
+
+def _diff_cell(vs: Mapping[str, Any] | None) -> str:
+    if vs is None:
+        return "—"
+    return f"{vs['kl_diff']:+.3g} [{vs['kl_diff_low']:+.3g}, {vs['kl_diff_high']:+.3g}]"
 
 
 def _measure_keys() -> list[str]:

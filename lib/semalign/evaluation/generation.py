@@ -73,9 +73,12 @@ def complete(
     stop_ids: Sequence[int],
     temperature: float = 0.0,
     n_samples: int = 1,
+    stop_strings: Sequence[str] = (),
 ) -> list[list[Completion]]:
     """Completions [prompts][n_samples] of each prompt, each cut before its first stop token. Prompts are
     tokenised without special tokens: lm-eval's HFLM adds none, and chat prompts hold the template's own.
+    A row also stops decoding once its text holds one of `stop_strings` (the caller cuts the text there):
+    greedy rows are independent, so this changes no kept token, only how long a batch decodes.
 
     temperature 0 decodes greedily (n_samples must be 1); above 0 it samples from the full distribution
     (top_k 0, top_p 1). Torch's global RNG drives sampling: seed it before the call.
@@ -111,11 +114,15 @@ def complete(
         min_new_tokens=0,
         eos_token_id=list(stop_ids),
         pad_token_id=pad_id,
+        stop_strings=list(stop_strings) or None,
         **sampling,
     )
     device = model.device
     output = model.generate(
-        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        generation_config=config,
+        tokenizer=tokenizer,  # generate() matches stop_strings through it
     )
     new_tokens = output[:, input_ids.shape[1] :].cpu().tolist()
     stops = set(stop_ids)

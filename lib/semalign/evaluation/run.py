@@ -18,6 +18,7 @@ from semalign.evaluation.runner import (
 )
 from semalign.evaluation.variants import load_variant
 from semalign.files import write_json
+from semalign.models import MODEL_DTYPES
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,12 @@ def evaluate(task: str, variant: str, config: EvalConfig, paths: EvalPaths, rank
     protocols = config.protocols(task)
     _, items = load_split(paths.data, "evaluation")
     summaries = {}
-    model, tokenizer, weights = load_variant(variant, paths.model, paths.adapter, ranks.device)
+    model, tokenizer, weights = load_variant(
+        variant, paths.model, paths.adapter, ranks.device, MODEL_DTYPES[config.dtype]
+    )
     started = time.perf_counter()
-    identity = {"variant": variant, "weights_sha256": weights}
+    # The precision is part of what was scored: a resumed run in another dtype starts its file afresh.
+    identity = {"variant": variant, "weights_sha256": weights, "dtype": config.dtype}
     for protocol in protocols:
         path = paths.out / f"{protocol}.jsonl"
         results = evaluate_task(
@@ -67,6 +71,7 @@ def evaluate(task: str, variant: str, config: EvalConfig, paths: EvalPaths, rank
             "protocols": summaries,
             "seconds": round(time.perf_counter() - started, 1),
             "device": ranks.device.type,
+            "dtype": config.dtype,
             "weights_sha256": weights,
         },
     )

@@ -51,6 +51,7 @@ from semalign.evaluation.metrics import (
 )
 from semalign.evaluation.prompts import check_protocol, eval_prompt, letter_continuations
 from semalign.evaluation.sandbox import humaneval_program, mbpp_program, run_many
+from semalign.models import MODEL_DTYPES
 from semalign.progress import progress
 from semalign.tasks import LETTERS, TASKS
 
@@ -85,7 +86,9 @@ class EvalConfig:
     300}; a missing task
     or None: all). protocol: the prompt protocols scored (`prompts.PROTOCOLS`), one name or a list for every
     task, or per task ({"mmlu": ["lm_eval", "chat"], "asdiv": "chat"}); the first of a task's list is its
-    headline. workers: sandbox processes in parallel. seed: of torch's RNG for sampling.
+    headline. workers: sandbox processes in parallel. seed: of torch's RNG for sampling. dtype: the
+    precision the scored models run in, float32 or bfloat16 (AMX/tensor-core matmuls; what it changes is
+    measured in docs/measurements.md).
     """
 
     batch_size: int = positive(8)
@@ -97,8 +100,11 @@ class EvalConfig:
     protocol: str | list[str] | dict[str, str | list[str]] = "lm_eval"
     workers: int = positive(2)
     seed: int = at_least(0, 0)
+    dtype: str = "float32"
 
     def __post_init__(self):
+        if self.dtype not in MODEL_DTYPES:
+            raise SemalignError(f"evaluate.dtype is {self.dtype!r}; use one of {list(MODEL_DTYPES)}")
         for name in ("batch_size", "n_samples", "workers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise SemalignError(f"evaluate.{name} is {getattr(self, name)!r}; use an integer >= 1")
@@ -236,6 +242,12 @@ def score_mmlu(
     return _batched(items, [len(row) for row in rows], batch_size, score, on_batch, "evaluate mmlu", shard)
 
 
+def plain_stops(items: Sequence, protocol: str) -> tuple[str, ...]:
+    """The stop strings completions of `items` are cut at: PLAIN_STOPS of their task under lm_eval (plain
+    text has no end of turn), none under chat (the template's end-of-turn token stops it)."""
+    return PLAIN_STOPS[_task_of(items)] if protocol == "lm_eval" and items else ()
+
+
 def score_math(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -251,14 +263,14 @@ def score_math(
     flagged truncated and wrong under both readings: its last number is not its answer."""
     prompts = [eval_prompt(tokenizer, item, protocol) for item in items]
     stop_ids = stop_token_ids(model, tokenizer, protocol == "chat")
+    stops = plain_stops(items, protocol)
 
     def score(batch: list[int]) -> list[ItemResult]:
         completions = generation.complete(
-            model, tokenizer, [prompts[i] for i in batch], max_new_tokens, stop_ids
+            model, tokenizer, [prompts[i] for i in batch], max_new_tokens, stop_ids, stop_strings=stops
         )
         results = []
         for i, (completion,) in zip(batch, completions):
-            stops = PLAIN_STOPS[items[i].task] if protocol == "lm_eval" else ()
             answer = _cut(completion.text, stops)
             truncated = not completion.stopped and answer == completion.text
             flexible, strict = extract_last_number(answer), extract_strict_number(answer)
@@ -301,6 +313,7 @@ def score_code(
     pass@1); with n_samples > 1, detail["samples"] and detail["passed"] feed pass@k."""
     prompts = [eval_prompt(tokenizer, item, protocol) for item in items]
     stop_ids = stop_token_ids(model, tokenizer, protocol == "chat")
+    stops = plain_stops(items, protocol)
 
     def score(batch: list[int]) -> list[ItemResult]:
         completions = generation.complete(
@@ -311,12 +324,13 @@ def score_code(
             stop_ids,
             temperature,
             n_samples,
+            stop_strings=stops,
         )
         codes, programs = [], []
         for i, samples in zip(batch, completions):
             item = items[i]
             for completion in samples:
-                text = _cut(completion.text, PLAIN_STOPS[item.task] if protocol == "lm_eval" else ())
+                text = _cut(completion.text, stops)
                 if item.task == "humaneval":
                     code = extract_code(text, item.entry_point)
                     programs.append(humaneval_program(item.question, code, item.test, item.entry_point))

@@ -4,7 +4,8 @@ columns tasks. The `lm_eval` protocol's table comes first (the headline), the `c
 Cells are accuracy (pass@1 for code) with its 95% Wilson interval and n. Each method also gets the share
 of the teacher-student gap it closes, (method - student) / (teacher - student), where both ends exist and
 differ. Every variant is paired on the items both answered against the student (the teacher too: the gap
-the instrument must see) and every method against sft (the task-matched baseline): McNemar on accuracy,
+the instrument must see) and every method against the reference baselines that were run, sft (task-matched
+fine-tuning) and kd (distillation from the cached top-k): McNemar on accuracy,
 paired bootstrap on the accuracy and (MMLU) renormalised gold log-prob differences, and the smallest
 difference those items can detect (alpha 0.05, power 0.8). Per task, the continuous columns (MMLU gold
 log-prob, letter mass, predicted letters, best constant letter; math strict reading and truncated share).
@@ -22,7 +23,8 @@ from semalign.evaluation.prompts import PROTOCOLS
 from semalign.evaluation.runner import ItemResult, compare_paired, read_results
 
 BASE_ROWS = ("student", "teacher")
-BASELINE = "sft"
+# The baselines every transfer must beat, each method paired against them where they were run.
+REFERENCES = ("sft", "kd")
 TASK_ORDER = ("mmlu", "gsm8k", "asdiv", "humaneval", "mbpp")
 _CELL_KEYS = ("accuracy", "ci_low", "ci_high", "n")
 # Per-variant statistics beside the accuracy, where the task's summaries carry them.
@@ -99,6 +101,10 @@ def build_table(summaries: Summaries, results: Results | None = None) -> dict[st
                 gained = summaries[method][task]["accuracy"] - student[task]["accuracy"]
                 gap_closed[method][task] = gained / gap if gap != 0 else None
     against_student = [v for v in variants if v != "student"]
+    against_references = {
+        f"paired_vs_{ref}": _paired(results, ref, [m for m in methods if m != ref], tasks)
+        for ref in REFERENCES
+    }
     return {
         "tasks": tasks,
         "variants": variants,
@@ -106,7 +112,7 @@ def build_table(summaries: Summaries, results: Results | None = None) -> dict[st
         "details": details,
         "gap_closed": gap_closed,
         "paired_vs_student": _paired(results, "student", against_student, tasks),
-        "paired_vs_sft": _paired(results, BASELINE, [m for m in methods if m != BASELINE], tasks),
+        **against_references,
     }
 
 
@@ -169,7 +175,8 @@ def _protocol_tables(table: Mapping[str, Any], label: str) -> list[dict[str, Any
                 ],
             }
         )
-    for base, key in (("student", "paired_vs_student"), (BASELINE, "paired_vs_sft")):
+    for base in ("student", *REFERENCES):
+        key = f"paired_vs_{base}"
         comparisons = [(v, t, c) for v, by_task in table[key].items() for t, c in by_task.items()]
         if comparisons:
             shown.append(_paired_table(base, label, comparisons))

@@ -20,11 +20,16 @@ BASE_MODELS = ("teacher", "student")
 
 
 def load_variant(
-    variant: str, model_dir: Path, adapter: Path | None, device: str | torch.device
+    variant: str,
+    model_dir: Path,
+    adapter: Path | None,
+    device: str | torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """(model, tokenizer, sha256 over the weight files) of `variant`: the model in `model_dir`, with the
-    adapter or delta in `adapter` applied for a method. A base model with an adapter, or a method without
-    one, stops: its results would be recorded under the wrong name."""
+    adapter or delta in `adapter` applied for a method, then cast to `dtype` (the adapter or delta is
+    applied in float32 first, so a bfloat16 variant rounds its merged weights once). A base model with an
+    adapter, or a method without one, stops: its results would be recorded under the wrong name."""
     if variant in BASE_MODELS and adapter is not None:
         raise SemalignError(f"variant {variant} is a base model but got adapter {adapter}; drop --adapter")
     if variant not in BASE_MODELS and adapter is None:
@@ -40,6 +45,7 @@ def load_variant(
             else merge_adapter(model, adapter)
         )
         folders.append(adapter)
+    model = model.to(dtype)
     digest = hashlib.sha256()
     for folder in folders:
         for weights in sorted(folder.glob("*.safetensors")):

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 from semalign.config import at_least, positive
 from semalign.distributed import Shard
 from semalign.errors import SemalignError
-from semalign.models import model_info
+from semalign.models import MODEL_DTYPES, model_info
 from semalign.progress import progress
 from semalign.store import ArraySpec, BackgroundWriter, Store, StoreWriter
 from semalign.teacher.activations import teacher_forward
@@ -43,7 +43,9 @@ class CacheConfig:
     """`cache` section. layers: teacher layers kept ("all" or a list of indices in 0..L: h_0 for 0, Δh_ℓ
     for ℓ ≥ 1); top_k: next-token entries kept per position; dtype: storage precision of h_0 and Δh;
     batch_size: examples per forward pass and per chunk; codec: "zstd" or "none" (raw bytes, for disk-bound
-    machines); writers: threads compressing and writing chunks in parallel."""
+    machines); writers: threads compressing and writing chunks in parallel; forward_dtype: the precision the
+    teacher's forward pass runs in (float32, or bfloat16 on AMX / tensor cores: every Δh within cosine
+    0.998 of float32 on the real teacher, docs/measurements.md); Δh is formed in float32 either way."""
 
     layers: str | list[int] = at_least("all", 0)  # a list: each index >= 0
     top_k: int = positive(64)
@@ -51,8 +53,13 @@ class CacheConfig:
     batch_size: int = positive(4)
     codec: str = "zstd"
     writers: int = positive(2)
+    forward_dtype: str = "float32"
 
     def __post_init__(self):
+        if self.forward_dtype not in MODEL_DTYPES:
+            raise SemalignError(
+                f"cache.forward_dtype is {self.forward_dtype!r}; use one of {list(MODEL_DTYPES)}"
+            )
         if self.dtype not in STATE_DTYPES:
             raise SemalignError(f"cache.dtype {self.dtype!r} is not supported; use one of {STATE_DTYPES}")
         if self.top_k < 1 or self.batch_size < 1:

@@ -17,7 +17,7 @@ from pathlib import Path
 from semalign.data import data_fingerprint, load_split
 from semalign.distributed import Ranks, finish_store, shared_writer
 from semalign.files import sha256_of, write_json
-from semalign.models import load_hf_dir, model_info
+from semalign.models import MODEL_DTYPES, load_hf_dir, model_info
 from semalign.store import StoresConfig
 from semalign.teacher.cache import CacheConfig, cache_arrays, kept_layers, write_teacher_cache
 
@@ -51,7 +51,7 @@ def write_caches(
     """Cache the splits of `task` (this rank's share of their chunks) where `stores` says; the metrics of
     the run."""
     teacher_dir = paths.teacher
-    model, _ = load_hf_dir(teacher_dir, device=ranks.device)
+    model, _ = load_hf_dir(teacher_dir, dtype=MODEL_DTYPES[config.forward_dtype], device=ranks.device)
     info = model_info(model)
     layers = kept_layers(config, info.num_layers)
     weights = sha256_of(teacher_dir / "model.safetensors")
