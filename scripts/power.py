@@ -20,6 +20,7 @@ OUT = ROOT / "results/study"
 
 def main() -> None:
     study = yaml.safe_load((ROOT / "study.yaml").read_text())["overrides"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
     mmlu = {
         folder.name: read_results(folder / "lm_eval.jsonl")
         for folder in sorted((ROOT / "data/eval/mmlu").iterdir())
@@ -29,21 +30,23 @@ def main() -> None:
         path.stem: [json.loads(line) for line in path.read_text().splitlines() if line]
         for path in sorted((ROOT / "data/agreement/mmlu").glob("*.jsonl"))
     }
+    # The study's sizes: its overrides, else the default's params.
     sizes = {
-        "mmlu_items": study["evaluate.limit.mmlu"],
-        "agreement_examples": study["data.tasks.mmlu.agreement"],
+        "mmlu_items": study.get("evaluate.limit.mmlu", params["evaluate"]["limit"]["mmlu"]),
+        "agreement_examples": study.get(
+            "data.tasks.mmlu.agreement", params["data"]["tasks"]["mmlu"]["agreement"]
+        ),
     }
     plan = power_plan(mmlu, agreement, sizes)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "power.json").write_text(json.dumps(plan, indent=2) + "\n")
     measured = ", ".join(f"{v} (n={s['n']})" for v, s in plan["spreads"].items())
     (OUT / "power.md").write_text(
-        "Paired comparisons, two-sided alpha 0.05, power 0.8, normal approximation "
-        "(`semalign.evaluation.power`). Spreads measured on the default run's items: "
-        f"{measured}; held-out KL on {plan['kl']['n']} examples (student KL "
-        f"{plan['kl']['student_kl_mean']:.3f} ± {plan['kl']['student_kl_sd']:.3f} nats/token). The bound "
-        "does not depend on how far the default trained: the teacher-vs-student spread (MMLU), "
-        "2·sd(KL_student) (KL).\n\n" + plan_markdown(plan)
+        "Paired, two-sided alpha 0.05, power 0.8 (`semalign.evaluation.power`); spreads of the default "
+        f"run's {measured}; held-out KL on {plan['kl']['n']} examples (student KL "
+        f"{plan['kl']['student_kl_mean']:.3f} ± {plan['kl']['student_kl_sd']:.3f} nats/token). The second "
+        "spread does not depend on how far the default trained: the teacher-vs-student spread (MMLU), "
+        "2·sd(KL_student) (KL); plan with the larger.\n\n" + plan_markdown(plan)
     )
     print((OUT / "power.md").read_text())
 

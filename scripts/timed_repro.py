@@ -26,6 +26,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNING = re.compile(r"Running stage '([^']+)'")
+SHOWN = 10  # stage families with a row of their own; the others share one
 SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
 
 
@@ -62,11 +63,19 @@ def markdown(record: dict) -> str:
         "| stage family | stages run | s | slowest stage (s) | peak GiB |",
         "|---|---|---|---|---|",
     ]
-    for family, rows in sorted(families.items(), key=lambda kv: -sum(r["seconds"] for r in kv[1])):
+    ordered = sorted(families.items(), key=lambda kv: -sum(r["seconds"] for r in kv[1]))
+    for family, rows in ordered[:SHOWN]:
         slowest = max(rows, key=lambda r: r["seconds"])
         lines.append(
             f"| {family} | {len(rows)} | {sum(r['seconds'] for r in rows):.0f} | "
             f"{slowest['stage']} ({slowest['seconds']:.0f}) | {max(r['peak_rss_gib'] for r in rows):.1f} |"
+        )
+    rest = [row for _, rows in ordered[SHOWN:] for row in rows]
+    if rest:
+        families_left = ", ".join(family for family, _ in ordered[SHOWN:])
+        lines.append(
+            f"| the rest: {families_left} | {len(rest)} | {sum(r['seconds'] for r in rest):.0f} | | "
+            f"{max(r['peak_rss_gib'] for r in rest):.1f} |"
         )
     if skipped:
         lines += ["", f"Skipped by DVC (unchanged): {len(skipped)} stages."]

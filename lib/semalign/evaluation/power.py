@@ -2,10 +2,10 @@
 finished run measured, how many MMLU items and held-out agreement examples a paired comparison needs to
 detect a given difference (two-sided, alpha 0.05, power 0.8), and what a study of given sizes can detect.
 
-A short run's trained variants barely move from the student, so their paired spread underestimates the
-spread of a longer study's; each measure therefore also carries a conservative bound that does not depend
-on how far training went: the teacher-vs-student spread for accuracy and gold log-prob (a variant moves
-less than the teacher's whole gap), sd(KL_variant − KL_student) ≤ 2·sd(KL_student) for the KL.
+A short run's trained variants may move little from the student, so each measure also carries a second
+spread that does not depend on how far training went: the teacher-vs-student spread for accuracy and gold
+log-prob, 2·sd(KL_student) for the KL (sd(KL_variant − KL_student) ≤ sd(KL_variant) + sd(KL_student)).
+Plan with the larger of the two.
 """
 
 from __future__ import annotations
@@ -158,8 +158,8 @@ def plan_markdown(plan: Mapping[str, Any]) -> str:
         "heldout_kl": ("held-out KL(teacher ‖ variant), nats/token", "examples", lambda x: f"{x:.4f}"),
     }
     lines = [
-        "| measure | target difference | pairs needed (measured sd / bound) | study n "
-        "| detectable at study n (measured sd / bound) |",
+        "| measure | target difference | pairs needed (measured sd / teacher-scale sd) | study n "
+        "| detectable at study n (measured sd / teacher-scale sd) |",
         "|---|---|---|---|---|",
     ]
     for key, (label, unit, fmt) in rows.items():
