@@ -54,7 +54,8 @@ def tiny_params(models: Path, task_file: Path, eval_only_file: Path) -> dict:
         },
     )
     params["transfer"] = {"tasks": ["mmlu"]}
-    params["cache"].update(top_k=4, batch_size=2)
+    # float32 forward: the teacher scored against its own cache must give KL 0 exactly (the agreement check)
+    params["cache"].update(top_k=4, batch_size=2, forward_dtype="float32")
     params["agree"]["batch_size"] = 2  # the cache's batches: the teacher against its own cache is exact
     params["align"]["chunk_rows"] = 128
     # no LoRA dropout: training under torchrun then makes the very adapters one process makes
