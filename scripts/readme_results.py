@@ -1,6 +1,6 @@
 """Copy the generated results into README.md between their markers, `python scripts/readme_results.py`
 after a run: `<!-- results -->` the table stage's report/table.md up to its first `## ` section,
-`<!-- timing -->` results/timing/default.md (+ student-only.md), `<!-- power -->` and `<!-- verdict -->`
+`<!-- timing -->` results/timing/default.md, `<!-- power -->` and `<!-- verdict -->`
 the study's results/study/power.md and verdict.md. A block whose source does not exist yet is left alone."""
 
 import re
@@ -31,7 +31,7 @@ def generated_blocks(root: Path = ROOT) -> dict[str, str]:
     """Each README block's generated content, for the sources that exist."""
     sources = {
         "results": [root / "report/table.md"],
-        "timing": [root / "results/timing/default.md", root / "results/timing/student-only.md"],
+        "timing": [root / "results/timing/default.md"],
         "power": [root / "results/study/power.md"],
         "verdict": [root / "results/study/verdict.md"],
     }
