@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from semalign.evaluation.agreement import read_agreement
 from semalign.evaluation.power import plan_markdown, power_plan
 from semalign.evaluation.runner import read_results
 
@@ -22,14 +23,10 @@ def main() -> None:
     study = yaml.safe_load((ROOT / "study.yaml").read_text())["overrides"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     mmlu = {
-        folder.name: read_results(folder / "lm_eval.jsonl")
-        for folder in sorted((ROOT / "data/eval/mmlu").iterdir())
-        if (folder / "lm_eval.jsonl").is_file()
+        path.parent.name: read_results(path)
+        for path in sorted((ROOT / "data/eval/mmlu").glob("*/lm_eval.jsonl"))
     }
-    agreement = {
-        path.stem: [json.loads(line) for line in path.read_text().splitlines() if line]
-        for path in sorted((ROOT / "data/agreement/mmlu").glob("*.jsonl"))
-    }
+    agreement = read_agreement(ROOT / "data/agreement").get("mmlu", {})
     # The study's sizes: its overrides, else the default's params.
     sizes = {
         "mmlu_items": study.get("evaluate.limit.mmlu", params["evaluate"]["limit"]["mmlu"]),

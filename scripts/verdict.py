@@ -8,6 +8,7 @@ scripts/readme_results.py copies into the README.
 import json
 from pathlib import Path
 
+from semalign.evaluation.agreement import read_agreement
 from semalign.evaluation.runner import read_results
 from semalign.evaluation.verdict import verdict, verdict_markdown
 
@@ -17,14 +18,10 @@ STUDY = ROOT / "results/study"
 
 def main() -> None:
     results = {
-        folder.name: read_results(folder / "lm_eval.jsonl")
-        for folder in sorted((STUDY / "data/eval/mmlu").iterdir())
-        if (folder / "lm_eval.jsonl").is_file()
+        path.parent.name: read_results(path)
+        for path in sorted((STUDY / "data/eval/mmlu").glob("*/lm_eval.jsonl"))
     }
-    agreement = {
-        path.stem: [json.loads(line) for line in path.read_text().splitlines() if line]
-        for path in sorted((STUDY / "data/agreement/mmlu").glob("*.jsonl"))
-    }
+    agreement = read_agreement(STUDY / "data/agreement").get("mmlu", {})
     table = verdict(results, agreement)
     (STUDY / "verdict.json").write_text(json.dumps(table, indent=2) + "\n")
     (STUDY / "verdict.md").write_text(verdict_markdown(table))
