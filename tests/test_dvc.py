@@ -81,6 +81,17 @@ def test_every_stage_depends_on_the_library_modules_it_imports(name):
     assert not stale, f"dvc.yaml stage {name} lists {stale}, which do not exist"
 
 
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_no_stage_lists_a_library_module_it_does_not_import(name):
+    """A study-only module (evaluation/power.py, verdict.py) edited must not make the pipeline stale."""
+    body, script = stages()[name]
+    closure = library_closure(script)
+    listed = [str(dep) for dep in body["deps"] if str(dep).startswith("lib/") and str(dep).endswith(".py")]
+    extra = sorted(set(listed) - closure)
+    assert not extra, f"dvc.yaml stage {name} lists {extra}, which its script never imports"
+    assert "lib/semalign/evaluation" not in body["deps"], f"stage {name}: list the evaluation modules"
+
+
 def test_the_import_walk_follows_modules_and_package_inits(tmp_path):
     script = tmp_path / "stage.py"
     script.write_text(

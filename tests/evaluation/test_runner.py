@@ -36,7 +36,7 @@ from semalign.evaluation.runner import (
 )
 from semalign.evaluation.sandbox import ExecutionResult
 from semalign.evaluation.table import build_table, build_tables, render_markdown
-from semalign.evaluation.variants import load_variant
+from semalign.evaluation.variants import for_inference, load_variant
 from semalign.tasks import LETTERS, TaskItem, load_task
 from semalign.testing import tiny_model, tiny_tokenizer
 from tiny_project import ROOT, stage_args
@@ -783,3 +783,20 @@ def test_evaluate_and_table_stages_end_to_end(tokenizer, model, tmp_path, monkey
     Path("params.yaml").write_text(yaml.safe_dump({"evaluate": {"chat_template": True}}))
     with pytest.raises(SemalignError, match=r"unknown key\(s\) \['chat_template'\]"):
         _run_stage(monkeypatch, *stage_args("evaluate", task="mmlu", variant="student"))
+
+
+def test_inference_model_feeds_its_head_a_contiguous_input_and_scores_the_same():
+    """A frozen model scored with logits_to_keep=1 takes torch's unfolded bmm path on the strided slice
+    (the head copied per row: merged LoRA students scored 3-4x slower); `for_inference` hands the head a
+    contiguous input, and the next-token log-probs stay those of the full float64 forward."""
+    model = for_inference(tiny_model("qwen2", seed=5))
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    seen = []
+    model.lm_head.register_forward_pre_hook(lambda _head, args: seen.append(args[0].is_contiguous()))
+    rows = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+    scored = generation.next_token_logprobs(model, rows, pad_id=0)
+    assert seen == [True]
+    reference = tiny_model("qwen2", seed=5).double()
+    for row, got in zip(rows, scored):
+        logits = reference(torch.tensor([row])).logits[0, -1]
+        torch.testing.assert_close(got.double(), torch.log_softmax(logits, -1), rtol=0, atol=1e-5)
