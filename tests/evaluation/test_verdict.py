@@ -91,3 +91,25 @@ def test_a_worse_variant_is_not_held_and_the_seed_spread_is_reported():
     spread = table["seed_spread"]["sft vs sft-s1"]["accuracy"]
     assert spread["diff"] == 0 and spread["low"] < -0.1 and spread["high"] > 0.1  # 100 discordant items
     assert "Training-seed spread" in verdict_markdown(table)
+
+
+def test_a_difference_within_the_training_seed_spread_cannot_be_told():
+    """v1 beats the student by 10 points on 400 items (interval clear of zero), but its second-seed twin
+    differs from it by 12: the claim is cannot tell, marked, and the spread is reported."""
+    n = 400
+    results = {
+        "student": _mmlu([1] * 200 + [0] * 200),
+        "v1": _mmlu([1] * 240 + [0] * 160),
+        "v1-s1": _mmlu([1] * 192 + [0] * 208),
+        "kd": _mmlu([1] * 300 + [0] * 100),  # 25 points over the student: beyond the spread
+    }
+    table = verdict(results, {})
+    assert table["spread"]["accuracy"] == pytest.approx(0.12)
+    by_claim = {c["claim"]: c["measures"] for c in table["claims"]}
+    beat = by_claim["SemAlign (v1) > student"]["accuracy"]
+    assert beat["low"] > 0 and beat["decision"] == CANNOT_TELL and beat["within_seed_spread"]
+    lost = by_claim["SemAlign (v1) ≥ kd (distillation from the same cache)"]["accuracy"]
+    assert lost["decision"] == NOT_HELD and "within_seed_spread" not in lost
+    shown = verdict_markdown(table)
+    assert "**cannot tell**†: +10.0 [" in shown and "†: the interval is on one side" in shown
+    assert len(results["v1"]) == n

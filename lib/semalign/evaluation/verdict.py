@@ -3,7 +3,9 @@ same items (MMLU accuracy, MMLU gold log-prob) or held-out examples (KL to the t
 paired-bootstrap interval: held when the interval lies on the claimed side of zero, not held when it lies
 on the other side, cannot tell when it covers zero. "Closes most of the gap" is decided on the accuracy gap
 closed, (variant − student) / (teacher − student), against 0.5, its interval the accuracy difference's
-interval over the fixed teacher-student gap.
+interval over the fixed teacher-student gap. A decision whose difference lies within the training-seed
+spread (the largest |difference| between a variant and its second-seed twin, per measure) is cannot tell:
+two trainings of one variant already differ by that much.
 """
 
 from __future__ import annotations
@@ -88,30 +90,50 @@ def measures(
 def verdict(
     results: Mapping[str, Sequence[ItemResult]], agreement: Mapping[str, Sequence[Mapping[str, Any]]]
 ) -> dict[str, Any]:
-    """Every claim of CLAIMS whose variants ran, decided per measure; and the training-seed spreads."""
-    claims = []
-    for claim in CLAIMS:
-        decided = {}
-        for name, m in measures(results, agreement, claim.better, claim.worse).items():
-            if not claim.most_of_gap:
-                decided[name] = m | {"decision": decide(m["low"], m["high"])}
-            elif name == "accuracy" and "teacher" in results:
-                gap = _accuracy(results, "teacher") - _accuracy(results, "student")
-                if gap <= 0:  # no gap to close: the claim has no meaning on these items
-                    decided[name] = m | {"decision": CANNOT_TELL, "gap": gap}
-                    continue
-                m = {k: (v / gap if k in ("diff", "low", "high") else v) for k, v in m.items()}
-                decided[name] = m | {"decision": decide(m["low"], m["high"], 0.5), "gap": gap}
-        if decided:
-            claims.append(
-                {"claim": claim.text, "better": claim.better, "worse": claim.worse, "measures": decided}
-            )
+    """Every claim of CLAIMS whose variants ran, decided per measure (no decision inside the training-seed
+    spread); and the training-seed spreads."""
     seeds = {
         f"{a} vs {b}": measures(results, agreement, b, a)
         for a, b in SEED_PAIRS
         if a in results and b in results
     }
-    return {"claims": claims, "seed_spread": seeds}
+    spread: dict[str, float] = {}
+    for found in seeds.values():
+        for name, m in found.items():
+            spread[name] = max(spread.get(name, 0.0), abs(m["diff"]))
+    claims = []
+    for claim in CLAIMS:
+        decided = {}
+        for name, m in measures(results, agreement, claim.better, claim.worse).items():
+            if not claim.most_of_gap:
+                decided[name] = _within_spread(
+                    m | {"decision": decide(m["low"], m["high"])}, 0.0, spread.get(name)
+                )
+            elif name == "accuracy" and "teacher" in results:
+                gap = _accuracy(results, "teacher") - _accuracy(results, "student")
+                if gap <= 0:  # no gap to close: the claim has no meaning on these items
+                    decided[name] = m | {"decision": CANNOT_TELL, "gap": gap}
+                    continue
+                closed = {k: (v / gap if k in ("diff", "low", "high") else v) for k, v in m.items()}
+                decision = closed | {"decision": decide(closed["low"], closed["high"], 0.5), "gap": gap}
+                decided[name] = _within_spread(decision, 0.5 * gap, spread.get(name), scale=gap)
+        if decided:
+            claims.append(
+                {"claim": claim.text, "better": claim.better, "worse": claim.worse, "measures": decided}
+            )
+    return {"claims": claims, "seed_spread": seeds, "spread": spread}
+
+
+def _within_spread(
+    measure: dict[str, Any], threshold: float, spread: float | None, scale: float = 1.0
+) -> dict[str, Any]:
+    """`measure` (diff on `scale`'s scale) made cannot tell when its difference from `threshold` (on the
+    raw scale) is no larger than the training-seed `spread`."""
+    if spread is None or measure["decision"] == CANNOT_TELL:
+        return measure
+    if abs(measure["diff"] * scale - threshold) <= spread:
+        return measure | {"decision": CANNOT_TELL, "within_seed_spread": True}
+    return measure
 
 
 def _accuracy(results: Mapping[str, Sequence[ItemResult]], variant: str) -> float:
@@ -143,12 +165,20 @@ def verdict_markdown(table: Mapping[str, Any]) -> str:
                     f"vs 0.5"
                 )
             else:
-                cells.append(f"**{m['decision']}**: {fmt(m['diff'])} [{fmt(m['low'])}, {fmt(m['high'])}]")
+                seed = "†" if m.get("within_seed_spread") else ""
+                cells.append(
+                    f"**{m['decision']}**{seed}: {fmt(m['diff'])} [{fmt(m['low'])}, {fmt(m['high'])}]"
+                )
         lines.append(f"| {claim['claim']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Differences are better − worse (accuracy in points; log-prob in nats; KL reduction in nats/token, "
-        "positive = closer to the teacher) with 95% paired-bootstrap intervals.",
+        "positive = closer to the teacher) with 95% paired-bootstrap intervals."
+        + (
+            " †: the interval is on one side, but the difference is within the training-seed spread below."
+            if any(m.get("within_seed_spread") for c in table["claims"] for m in c["measures"].values())
+            else ""
+        ),
     ]
     if table["seed_spread"]:
         lines += ["", "Training-seed spread (same variant, train.seed + 1 − train.seed):", ""]
