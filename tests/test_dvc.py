@@ -83,13 +83,24 @@ def test_every_stage_depends_on_the_library_modules_it_imports(name):
 
 @pytest.mark.parametrize("name", sorted(stages()))
 def test_no_stage_lists_a_library_module_it_does_not_import(name):
-    """A study-only module (evaluation/power.py, verdict.py) edited must not make the pipeline stale."""
+    """Library deps are the modules the stage imports, file by file: a module it does not run (a
+    study-only script's, another stage's run module) edited must not make it stale. No directories."""
     body, script = stages()[name]
-    closure = library_closure(script)
-    listed = [str(dep) for dep in body["deps"] if str(dep).startswith("lib/") and str(dep).endswith(".py")]
-    extra = sorted(set(listed) - closure)
+    listed = [str(dep) for dep in body["deps"] if str(dep).startswith("lib/")]
+    folders = [dep for dep in listed if (ROOT / dep).is_dir()]
+    assert not folders, f"dvc.yaml stage {name} lists folders {folders}; list the modules it imports"
+    extra = sorted(set(listed) - library_closure(script))
     assert not extra, f"dvc.yaml stage {name} lists {extra}, which its script never imports"
-    assert "lib/semalign/evaluation" not in body["deps"], f"stage {name}: list the evaluation modules"
+
+
+def test_the_library_uses_no_relative_imports():
+    """The import walk follows absolute `semalign.` imports only; a relative one would escape it."""
+    relative = [
+        path.relative_to(ROOT).as_posix()
+        for path in sorted(LIB.rglob("*.py"))
+        if any(isinstance(n, ast.ImportFrom) and n.level > 0 for n in ast.walk(ast.parse(path.read_text())))
+    ]
+    assert not relative, f"relative imports in {relative}; import from semalign.<module>"
 
 
 def test_the_import_walk_follows_modules_and_package_inits(tmp_path):

@@ -730,6 +730,25 @@ def test_a_variant_scored_as_something_else_is_refused(tmp_path, variant, adapte
         load_variant(variant, tmp_path / "missing", adapter and Path(adapter), "cpu")
 
 
+def test_a_loaded_variant_is_frozen_and_feeds_its_head_a_contiguous_input(tokenizer, model, tmp_path):
+    """load_variant puts every model through for_inference: a merged LoRA student (frozen by PEFT) and a
+    plain one alike, so neither takes the strided-head path."""
+    _project(tmp_path, tokenizer, model)
+    lora = get_peft_model(
+        tiny_model("qwen2", vocab_size=VOCAB), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
+    lora.save_pretrained(tmp_path / "adapter")
+    for variant, adapter in (("student", None), ("v1", tmp_path / "adapter")):
+        loaded, _, _ = load_variant(variant, tmp_path / "data/models/student", adapter, "cpu", torch.bfloat16)
+        assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
+        seen = []
+        loaded.get_output_embeddings().register_forward_pre_hook(
+            lambda _head, args, seen=seen: seen.append(args[0].is_contiguous())
+        )
+        generation.next_token_logprobs(loaded, [[5, 6, 7], [8]], pad_id=0)
+        assert seen == [True], variant
+
+
 def test_evaluate_and_table_stages_end_to_end(tokenizer, model, tmp_path, monkeypatch):
     _project(tmp_path, tokenizer, model)
     monkeypatch.chdir(tmp_path)

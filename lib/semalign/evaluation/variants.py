@@ -60,8 +60,9 @@ def for_inference(model: PreTrainedModel) -> PreTrainedModel:
     Why the hook: transformers' `logits_to_keep=1` (next-token scoring, and the prefill step of `generate`)
     hands the head the strided slice `hidden[:, -1:]`. For a strided 3-D input and a weight that needs no
     gradient, torch's matmul does not fold the batch into one matrix product: it runs bmm on the weight
-    expanded per row, copying the [vocab, d_model] head once per sequence (a merged LoRA student, whose
-    weights PEFT froze, scored 3-4x slower than the student; bench/head_input.py). Copying the
+    expanded per row, and in bfloat16 (the default's evaluate.dtype) that bmm copies the [vocab, d_model]
+    head once per sequence: a merged LoRA student, whose weights PEFT froze, scored 3-4x slower than the
+    student (bench/head_input.py; float32's bmm does not copy and gains ~1.1x). Copying the
     [batch, 1, d_model] slice instead costs nothing."""
     model.eval().requires_grad_(False)
     model.get_output_embeddings().register_forward_pre_hook(

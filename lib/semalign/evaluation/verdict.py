@@ -3,13 +3,15 @@ same items (MMLU accuracy, MMLU gold log-prob) or held-out examples (KL to the t
 paired-bootstrap interval: held when the interval lies on the claimed side of zero, not held when it lies
 on the other side, cannot tell when it covers zero. "Closes most of the gap" is decided on the accuracy gap
 closed, (variant − student) / (teacher − student), against 0.5, its interval the accuracy difference's
-interval over the fixed teacher-student gap. A decision whose difference lies within the training-seed
-spread (the largest |difference| between a variant and its second-seed twin, per measure) is cannot tell:
-two trainings of one variant already differ by that much.
+interval over the fixed teacher-student gap. Each interval also carries the training-seed variance: a
+variant is one training run, and the study trains sft and v1 twice (train.seed + 1), so the root mean
+square of those twins' differences, per measure, widens every interval in quadrature (z times it). With
+two seed pairs that term is itself rough; it is printed beside the table.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,50 +92,57 @@ def measures(
 def verdict(
     results: Mapping[str, Sequence[ItemResult]], agreement: Mapping[str, Sequence[Mapping[str, Any]]]
 ) -> dict[str, Any]:
-    """Every claim of CLAIMS whose variants ran, decided per measure (no decision inside the training-seed
-    spread); and the training-seed spreads."""
-    seeds = {
-        f"{a} vs {b}": measures(results, agreement, b, a)
-        for a, b in SEED_PAIRS
-        if a in results and b in results
+    """Every claim of CLAIMS whose variants ran, decided per measure on its interval widened by the
+    training-seed term; the seed pairs' differences and that term per measure."""
+    seeds = {f"{a} vs {b}": found for a, b in SEED_PAIRS if (found := measures(results, agreement, b, a))}
+    seed_term = {
+        name: math.sqrt(sum(f[name]["diff"] ** 2 for f in with_name) / len(with_name))
+        for name in {name for found in seeds.values() for name in found}
+        if (with_name := [f for f in seeds.values() if name in f])
     }
-    spread: dict[str, float] = {}
-    for found in seeds.values():
-        for name, m in found.items():
-            spread[name] = max(spread.get(name, 0.0), abs(m["diff"]))
     claims = []
     for claim in CLAIMS:
         decided = {}
         for name, m in measures(results, agreement, claim.better, claim.worse).items():
+            m = _with_seed_term(m, seed_term.get(name, 0.0))
             if not claim.most_of_gap:
-                decided[name] = _within_spread(
-                    m | {"decision": decide(m["low"], m["high"])}, 0.0, spread.get(name)
-                )
+                decided[name] = _decided(m, 0.0)
             elif name == "accuracy" and "teacher" in results:
                 gap = _accuracy(results, "teacher") - _accuracy(results, "student")
                 if gap <= 0:  # no gap to close: the claim has no meaning on these items
-                    decided[name] = m | {"decision": CANNOT_TELL, "gap": gap}
+                    decided[name] = {"decision": CANNOT_TELL, "gap": gap, "n": m["n"]}
                     continue
-                closed = {k: (v / gap if k in ("diff", "low", "high") else v) for k, v in m.items()}
-                decision = closed | {"decision": decide(closed["low"], closed["high"], 0.5), "gap": gap}
-                decided[name] = _within_spread(decision, 0.5 * gap, spread.get(name), scale=gap)
+                scaled = ("diff", "low", "high", "items_low", "items_high")
+                closed = {k: (v / gap if k in scaled else v) for k, v in m.items()}
+                decided[name] = _decided(closed, 0.5) | {"gap": gap}
         if decided:
             claims.append(
                 {"claim": claim.text, "better": claim.better, "worse": claim.worse, "measures": decided}
             )
-    return {"claims": claims, "seed_spread": seeds, "spread": spread}
+    return {"claims": claims, "seed_spread": seeds, "seed_term": seed_term}
 
 
-def _within_spread(
-    measure: dict[str, Any], threshold: float, spread: float | None, scale: float = 1.0
-) -> dict[str, Any]:
-    """`measure` (diff on `scale`'s scale) made cannot tell when its difference from `threshold` (on the
-    raw scale) is no larger than the training-seed `spread`."""
-    if spread is None or measure["decision"] == CANNOT_TELL:
-        return measure
-    if abs(measure["diff"] * scale - threshold) <= spread:
-        return measure | {"decision": CANNOT_TELL, "within_seed_spread": True}
-    return measure
+def _with_seed_term(measure: dict[str, Any], term: float, z: float = 1.959964) -> dict[str, Any]:
+    """`measure` with its paired interval (over items) kept as items_low/items_high and widened, side by
+    side, by z · `term` in quadrature: each variant is one training run, and two runs of the same variant
+    differ by `term` (root mean square over the seed pairs) before any item is drawn."""
+    diff, low, high = measure["diff"], measure["low"], measure["high"]
+    if low is None or high is None:
+        return measure | {"items_low": low, "items_high": high}
+    return measure | {
+        "items_low": low,
+        "items_high": high,
+        "low": diff - math.hypot(diff - low, z * term),
+        "high": diff + math.hypot(high - diff, z * term),
+    }
+
+
+def _decided(measure: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """`measure` decided on its widened interval; `seed_decides` when the interval over items alone would
+    have decided otherwise (the training-seed term made the difference)."""
+    decision = decide(measure["low"], measure["high"], threshold)
+    on_items = decide(measure["items_low"], measure["items_high"], threshold)
+    return measure | {"decision": decision} | ({"seed_decides": True} if on_items != decision else {})
 
 
 def _accuracy(results: Mapping[str, Sequence[ItemResult]], variant: str) -> float:
@@ -149,39 +158,41 @@ _LABELS = {
 
 
 def verdict_markdown(table: Mapping[str, Any]) -> str:
-    """The verdict table (one row per claim, one column per measure: decision and interval) and the seed
-    spread, as the README shows them."""
+    """The verdict table (one row per claim, one column per measure: decision and interval), the seed pairs
+    and the seed term, as the README shows them."""
     header = "| claim | " + " | ".join(label for label, _ in _LABELS.values()) + " |"
     lines = [header, "|---|" + "---|" * len(_LABELS)]
     for claim in table["claims"]:
         cells = []
         for key, (_, fmt) in _LABELS.items():
             m = claim["measures"].get(key)
+            seed = "†" if m is not None and m.get("seed_decides") else ""
             if m is None:
                 cells.append("—")
+            elif "gap" in m and "diff" not in m:
+                cells.append(f"**{m['decision']}**: no teacher-student gap on these items")
             elif "gap" in m:
-                cells.append(
-                    f"**{m['decision']}**: gap closed {m['diff']:.2f} [{m['low']:.2f}, {m['high']:.2f}] "
-                    f"vs 0.5"
-                )
+                interval = f"[{m['low']:.2f}, {m['high']:.2f}]"
+                cells.append(f"**{m['decision']}**{seed}: gap closed {m['diff']:.2f} {interval} vs 0.5")
             else:
-                seed = "†" if m.get("within_seed_spread") else ""
                 cells.append(
                     f"**{m['decision']}**{seed}: {fmt(m['diff'])} [{fmt(m['low'])}, {fmt(m['high'])}]"
                 )
         lines.append(f"| {claim['claim']} | " + " | ".join(cells) + " |")
+    seeded = any(m.get("seed_decides") for c in table["claims"] for m in c["measures"].values())
     lines += [
         "",
         "Differences are better − worse (accuracy in points; log-prob in nats; KL reduction in nats/token, "
-        "positive = closer to the teacher) with 95% paired-bootstrap intervals."
-        + (
-            " †: the interval is on one side, but the difference is within the training-seed spread below."
-            if any(m.get("within_seed_spread") for c in table["claims"] for m in c["measures"].values())
-            else ""
-        ),
+        "positive = closer to the teacher); 95% paired-bootstrap intervals over items, widened in quadrature "
+        "by 1.96 × the training-seed term below."
+        + (" †: the interval over items alone would have decided otherwise." if seeded else ""),
     ]
     if table["seed_spread"]:
-        lines += ["", "Training-seed spread (same variant, train.seed + 1 − train.seed):", ""]
+        lines += [
+            "",
+            "Training-seed pairs (same variant, train.seed + 1 − train.seed) and the seed term:",
+            "",
+        ]
         lines += ["| pair | " + " | ".join(label for label, _ in _LABELS.values()) + " |"]
         lines += ["|---|" + "---|" * len(_LABELS)]
         for pair, found in table["seed_spread"].items():
@@ -192,4 +203,12 @@ def verdict_markdown(table: Mapping[str, Any]) -> str:
                 for key, (_, fmt) in _LABELS.items()
             ]
             lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+        terms = table["seed_term"]
+        lines.append(
+            "| seed term (root mean square) | "
+            + " | ".join(
+                fmt(terms[key]).lstrip("+") if key in terms else "—" for key, (_, fmt) in _LABELS.items()
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
