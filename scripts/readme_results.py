@@ -1,7 +1,8 @@
 """Copy the generated results into README.md between their markers, `python scripts/readme_results.py`
 after a run: `<!-- results -->` the table stage's report/table.md up to its first `## ` section,
 `<!-- timing -->` results/timing/default.md, `<!-- power -->` and `<!-- verdict -->`
-the study's results/study/power.md and verdict.md. A block whose source does not exist yet is left alone."""
+the study's results/study/power.md and verdict.md, `<!-- study-timing -->` the first line of
+results/timing/study.md. A block whose source does not exist yet is left alone."""
 
 import re
 from pathlib import Path
@@ -34,12 +35,18 @@ def generated_blocks(root: Path = ROOT) -> dict[str, str]:
         "timing": [root / "results/timing/default.md"],
         "power": [root / "results/study/power.md"],
         "verdict": [root / "results/study/verdict.md"],
+        "study-timing": [root / "results/timing/study.md"],
     }
     blocks = {}
     for name, paths in sources.items():
         texts = [path.read_text() for path in paths if path.is_file()]
         if texts:
-            blocks[name] = results_section(texts[0]) if name == "results" else "\n".join(texts)
+            if name == "results":
+                blocks[name] = results_section(texts[0])
+            elif name == "study-timing":
+                blocks[name] = texts[0].split("\n", 1)[0] + "\n"
+            else:
+                blocks[name] = "\n".join(texts)
     return blocks
 
 

@@ -29,6 +29,11 @@ def test_every_block_is_replaced_from_its_source_and_a_missing_marker_stops(tmp_
     assert SYNC["synced"](readme, tmp_path) == (
         "a\n<!-- results -->\nrows\n<!-- /results -->\n<!-- timing -->\ntook 20 min\n<!-- /timing -->\nz"
     )
+    (tmp_path / "results/timing/study.md").write_text("study took 90 min\n\n| stage family |\n")
+    readme += "\n<!-- study-timing -->\nold\n<!-- /study-timing -->"
+    assert SYNC["synced"](readme, tmp_path).endswith(
+        "<!-- study-timing -->\nstudy took 90 min\n<!-- /study-timing -->"
+    )
     (tmp_path / "results/study").mkdir()
     (tmp_path / "results/study/verdict.md").write_text("| claim |\n")
     with pytest.raises(SystemExit, match="no <!-- verdict -->"):
