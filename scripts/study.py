@@ -32,6 +32,17 @@ def overrides(path: Path) -> list[str]:
     return args
 
 
+def unscored_protocols() -> list[str]:
+    """MMLU protocols the default scores and the study does not (study.yaml's evaluate.protocol.mmlu)."""
+    study = yaml.safe_load((ROOT / "study.yaml").read_text())["overrides"].get("evaluate.protocol.mmlu")
+    # the committed params.yaml: the workspace's holds the experiment's overrides by now
+    committed = subprocess.run(
+        ["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    default = yaml.safe_load(committed)["evaluate"]["protocol"]["mmlu"]
+    return [] if study is None else sorted(set(default) - set(study))
+
+
 def run(command: list[str]) -> None:
     print("+", " ".join(command), flush=True)
     subprocess.run(command, cwd=ROOT, check=True)
@@ -52,7 +63,10 @@ def main() -> None:
     for name in KEPT:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, OUT / name, dirs_exist_ok=True)
+            # DVC's .gitignore files would keep the copied rows out of git; results files of protocols
+            # the study did not score (persisted from the default) are not the study's.
+            skipped = shutil.ignore_patterns(".gitignore", *(f"{p}.jsonl" for p in unscored_protocols()))
+            shutil.copytree(source, OUT / name, dirs_exist_ok=True, ignore=skipped)
         elif source.exists():
             shutil.copy2(source, OUT / name)
     (OUT / "COMMAND.md").write_text(
@@ -63,6 +77,8 @@ def main() -> None:
     )
     # Back to the committed default: its params, lock, metrics and outs.
     run(["git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock", "metrics", "plots", "report"])
+    # The study's extra variants left metrics and plots the default has none of.
+    run(["git", "clean", "-fdq", "--", "metrics", "plots"])
     run(["dvc", "checkout", "--quiet"])
     print(f"study -> {OUT.relative_to(ROOT)}/; next: python scripts/verdict.py")
 

@@ -35,11 +35,11 @@ class Claim:
 # The paper's claims (Table 1 and §5), with the study's controls. v1 is SemAlign as the paper describes it.
 CLAIMS = (
     Claim("SemAlign (v1) > student", "v1", "student"),
-    Claim("SemAlign (v1) closes most of the teacher-student gap", "v1", "student", most_of_gap=True),
+    Claim("SemAlign (v1) closes most of the gap", "v1", "student", most_of_gap=True),
     Claim("SemAlign (v1) > SEEKING", "v1", "seeking"),
     Claim("SEEKING > LaTen", "seeking", "laten"),
-    Claim("SemAlign (v1) ≥ kd (distillation from the same cache)", "v1", "kd"),
-    Claim("SemAlign (v1) ≥ sft (the same data, cross-entropy)", "v1", "sft"),
+    Claim("SemAlign (v1) ≥ kd", "v1", "kd"),
+    Claim("SemAlign (v1) ≥ sft", "v1", "sft"),
     Claim("semantic map ≥ random map (v1)", "v1", "v1-random"),
     Claim("semantic map ≥ ridge map (v1)", "v1", "v1-ridge"),
     Claim("v2 ≥ v1", "v2", "v1"),
@@ -97,7 +97,7 @@ def verdict(
     seeds = {f"{a} vs {b}": found for a, b in SEED_PAIRS if (found := measures(results, agreement, b, a))}
     seed_term = {
         name: math.sqrt(sum(f[name]["diff"] ** 2 for f in with_name) / len(with_name))
-        for name in {name for found in seeds.values() for name in found}
+        for name in _LABELS  # a fixed order: the markdown lists the terms in it
         if (with_name := [f for f in seeds.values() if name in f])
     }
     claims = []
@@ -150,6 +150,7 @@ def _accuracy(results: Mapping[str, Sequence[ItemResult]], variant: str) -> floa
     return sum(r.correct for r in rows) / len(rows)
 
 
+_SHORT = {"accuracy": "acc", "gold_logprob": "log-prob", "kl_reduction": "KL"}
 _LABELS = {
     "accuracy": ("MMLU accuracy", lambda x: f"{x * 100:+.1f}"),
     "gold_logprob": ("MMLU gold log-prob", lambda x: f"{x:+.3f}"),
@@ -182,33 +183,22 @@ def verdict_markdown(table: Mapping[str, Any]) -> str:
     seeded = any(m.get("seed_decides") for c in table["claims"] for m in c["measures"].values())
     lines += [
         "",
-        "Differences are better − worse (accuracy in points; log-prob in nats; KL reduction in nats/token, "
-        "positive = closer to the teacher); 95% paired-bootstrap intervals over items, widened in quadrature "
-        "by 1.96 × the training-seed term below."
-        + (" †: the interval over items alone would have decided otherwise." if seeded else ""),
+        "Better − worse (accuracy points, log-prob nats, KL nats/token; + = closer to the teacher); 95% "
+        "paired-bootstrap interval over items, widened in quadrature by 1.96 × the seed term below."
+        + (" †: the item interval alone decided otherwise." if seeded else ""),
     ]
     if table["seed_spread"]:
+        pairs = [
+            f"{pair}: " + ", ".join(f"{_LABELS[key][1](m['diff'])} {_SHORT[key]}" for key, m in found.items())
+            for pair, found in table["seed_spread"].items()
+        ]
+        terms = ", ".join(
+            f"{_LABELS[key][1](term).lstrip('+')} {_SHORT[key]}" for key, term in table["seed_term"].items()
+        )
         lines += [
             "",
-            "Training-seed pairs (same variant, train.seed + 1 − train.seed) and the seed term:",
-            "",
+            "Training-seed pairs (train.seed + 1 − train.seed): "
+            + "; ".join(pairs)
+            + f". Seed term: {terms}.",
         ]
-        lines += ["| pair | " + " | ".join(label for label, _ in _LABELS.values()) + " |"]
-        lines += ["|---|" + "---|" * len(_LABELS)]
-        for pair, found in table["seed_spread"].items():
-            cells = [
-                "—"
-                if key not in found
-                else f"{fmt(found[key]['diff'])} [{fmt(found[key]['low'])}, {fmt(found[key]['high'])}]"
-                for key, (_, fmt) in _LABELS.items()
-            ]
-            lines.append(f"| {pair} | " + " | ".join(cells) + " |")
-        terms = table["seed_term"]
-        lines.append(
-            "| seed term (root mean square) | "
-            + " | ".join(
-                fmt(terms[key]).lstrip("+") if key in terms else "—" for key, (_, fmt) in _LABELS.items()
-            )
-            + " |"
-        )
     return "\n".join(lines) + "\n"
