@@ -60,12 +60,12 @@ def main() -> None:
         for name in KEPT:
             shutil.rmtree(OUT / name, ignore_errors=True)
     OUT.mkdir(parents=True, exist_ok=True)
+    # DVC's .gitignore files would keep the copied rows out of git; results files of protocols the study
+    # did not score (persisted from the default) are not the study's.
+    skipped = shutil.ignore_patterns(".gitignore", *(f"{p}.jsonl" for p in unscored_protocols()))
     for name in KEPT:
         source = ROOT / name
         if source.is_dir():
-            # DVC's .gitignore files would keep the copied rows out of git; results files of protocols
-            # the study did not score (persisted from the default) are not the study's.
-            skipped = shutil.ignore_patterns(".gitignore", *(f"{p}.jsonl" for p in unscored_protocols()))
             shutil.copytree(source, OUT / name, dirs_exist_ok=True, ignore=skipped)
         elif source.exists():
             shutil.copy2(source, OUT / name)

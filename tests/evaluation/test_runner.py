@@ -741,12 +741,7 @@ def test_a_loaded_variant_is_frozen_and_feeds_its_head_a_contiguous_input(tokeni
     for variant, adapter in (("student", None), ("v1", tmp_path / "adapter")):
         loaded, _, _ = load_variant(variant, tmp_path / "data/models/student", adapter, "cpu", torch.bfloat16)
         assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
-        seen = []
-        loaded.get_output_embeddings().register_forward_pre_hook(
-            lambda _head, args, seen=seen: seen.append(args[0].is_contiguous())
-        )
-        generation.next_token_logprobs(loaded, [[5, 6, 7], [8]], pad_id=0)
-        assert seen == [True], variant
+        assert _head_inputs_contiguous(loaded, [[5, 6, 7], [8]]) == [True], variant
 
 
 def test_evaluate_and_table_stages_end_to_end(tokenizer, model, tmp_path, monkeypatch):
@@ -810,12 +805,21 @@ def test_inference_model_feeds_its_head_a_contiguous_input_and_scores_the_same()
     contiguous input, and the next-token log-probs stay those of the full float64 forward."""
     model = for_inference(tiny_model("qwen2", seed=5))
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
-    seen = []
-    model.lm_head.register_forward_pre_hook(lambda _head, args: seen.append(args[0].is_contiguous()))
     rows = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+    assert _head_inputs_contiguous(model, rows) == [True]
     scored = generation.next_token_logprobs(model, rows, pad_id=0)
-    assert seen == [True]
     reference = tiny_model("qwen2", seed=5).double()
     for row, got in zip(rows, scored):
         logits = reference(torch.tensor([row])).logits[0, -1]
         torch.testing.assert_close(got.double(), torch.log_softmax(logits, -1), rtol=0, atol=1e-5)
+
+
+def _head_inputs_contiguous(model, rows: list[list[int]]) -> list[bool]:
+    """Whether each input the output head receives while `rows` are scored next-token is contiguous."""
+    seen = []
+    handle = model.get_output_embeddings().register_forward_pre_hook(
+        lambda _head, args: seen.append(args[0].is_contiguous())
+    )
+    generation.next_token_logprobs(model, rows, pad_id=0)
+    handle.remove()
+    return seen

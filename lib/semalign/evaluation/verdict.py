@@ -150,22 +150,22 @@ def _accuracy(results: Mapping[str, Sequence[ItemResult]], variant: str) -> floa
     return sum(r.correct for r in rows) / len(rows)
 
 
-_SHORT = {"accuracy": "acc", "gold_logprob": "log-prob", "kl_reduction": "KL"}
+# measure: (column label, short name in the seed line, format of a difference)
 _LABELS = {
-    "accuracy": ("MMLU accuracy", lambda x: f"{x * 100:+.1f}"),
-    "gold_logprob": ("MMLU gold log-prob", lambda x: f"{x:+.3f}"),
-    "kl_reduction": ("held-out KL reduction", lambda x: f"{x:+.4f}"),
+    "accuracy": ("MMLU accuracy", "acc", lambda x: f"{x * 100:+.1f}"),
+    "gold_logprob": ("MMLU gold log-prob", "log-prob", lambda x: f"{x:+.3f}"),
+    "kl_reduction": ("held-out KL reduction", "KL", lambda x: f"{x:+.4f}"),
 }
 
 
 def verdict_markdown(table: Mapping[str, Any]) -> str:
     """The verdict table (one row per claim, one column per measure: decision and interval), the seed pairs
     and the seed term, as the README shows them."""
-    header = "| claim | " + " | ".join(label for label, _ in _LABELS.values()) + " |"
+    header = "| claim | " + " | ".join(label for label, _, _ in _LABELS.values()) + " |"
     lines = [header, "|---|" + "---|" * len(_LABELS)]
     for claim in table["claims"]:
         cells = []
-        for key, (_, fmt) in _LABELS.items():
+        for key, (_, _, fmt) in _LABELS.items():
             m = claim["measures"].get(key)
             seed = "†" if m is not None and m.get("seed_decides") else ""
             if m is None:
@@ -189,11 +189,13 @@ def verdict_markdown(table: Mapping[str, Any]) -> str:
     ]
     if table["seed_spread"]:
         pairs = [
-            f"{pair}: " + ", ".join(f"{_LABELS[key][1](m['diff'])} {_SHORT[key]}" for key, m in found.items())
+            f"{pair}: "
+            + ", ".join(f"{_LABELS[key][2](m['diff'])} {_LABELS[key][1]}" for key, m in found.items())
             for pair, found in table["seed_spread"].items()
         ]
         terms = ", ".join(
-            f"{_LABELS[key][1](term).lstrip('+')} {_SHORT[key]}" for key, term in table["seed_term"].items()
+            f"{_LABELS[key][2](term).lstrip('+')} {_LABELS[key][1]}"
+            for key, term in table["seed_term"].items()
         )
         lines += [
             "",
