@@ -32,7 +32,7 @@ def main() -> None:
         "variants": config.variants,
     }
     model_id = f"{info.arch}:{sha256_of(args.model / 'model.safetensors')}"
-    seconds = write_bases(model, args.out, model_id, tuple(config.variants), config.chunk_rows)
+    seconds = write_bases(model, args.out, model_id, tuple(config.variants), config.chunk_rows, config.codec)
     metrics["seconds"] = {name: round(value, 2) for name, value in seconds.items()}
     write_json(args.metrics, metrics)
     print(

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from semalign.config import read_section
 from semalign.files import write_json
-from semalign.models import ModelSource, materialize
+from semalign.models import materialize
+from semalign.sources import ModelSource
 
 
 def main() -> None:

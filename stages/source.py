@@ -8,7 +8,7 @@ from pathlib import Path
 
 from semalign.config import read_section
 from semalign.files import write_json
-from semalign.models import ModelSource, source_sha256
+from semalign.sources import ModelSource, source_sha256
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """The one model loader: safetensors round trip, refusals and error messages, embedded-part checks."""
 
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,16 +9,17 @@ import torch
 from semalign import embedded
 from semalign.errors import SemalignError
 from semalign.models import (
-    ModelSource,
+    check_gguf,
     decoder_layers,
     empty_hf_model,
     final_norm,
     load_hf_dir,
     load_source,
     model_info,
+    parsed_once,
     save_hf_dir,
-    source_sha256,
 )
+from semalign.sources import ModelSource, source_sha256
 from semalign.testing import tiny_model, tiny_tokenizer
 
 
@@ -97,6 +99,28 @@ def test_truncated_gguf_names_the_file_and_the_fix(tmp_path, keep):
     with pytest.raises(SemalignError, match=f"GGUF file {cut} is truncated or damaged .*re-download it") as e:
         load_source(ModelSource(source="gguf", path=str(cut)))
     assert "\n" not in str(e.value)
+
+
+def test_a_gguf_is_parsed_once_per_load(tmp_path, monkeypatch):
+    import gguf
+
+    path = tmp_path / "m.gguf"
+    _gguf(path, {"a": (4, 4)})
+    other = tmp_path / "other.gguf"
+    _gguf(other, {"b": (2, 2)})
+    parses = []
+    real = gguf.GGUFReader
+    monkeypatch.setattr(
+        gguf, "GGUFReader", lambda file, *a, **k: parses.append(Path(file)) or real(file, *a, **k)
+    )
+    with parsed_once(path):
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first  # transformers passes a str
+        assert [t.name for t in gguf.GGUFReader(other).tensors] == ["b"]  # another file: its own parse
+        check_gguf(path)
+    assert parses == [path, other]
+    assert gguf.GGUFReader(path) is not first  # outside the block: a fresh parse
+    assert len(parses) == 3
 
 
 def test_source_hash_changes_when_a_model_is_replaced_in_place(tmp_path):

@@ -58,12 +58,19 @@ def tiny_params(models: Path, task_file: Path, eval_only_file: Path) -> dict:
     params["cache"].update(top_k=4, batch_size=2, forward_dtype="float32")
     params["agree"]["batch_size"] = 2  # the cache's batches: the teacher against its own cache is exact
     params["align"]["chunk_rows"] = 128
-    # no LoRA dropout: training under torchrun then makes the very adapters one process makes
+    # no LoRA dropout and float32: training under torchrun then makes the very adapters one process makes
     params["train"].update(
-        objectives=["v1", "sft"], epochs=1, batch_size=4, micro_batch_size=2, lora_dropout=0.0
+        objectives=["v1", "sft"],
+        epochs=1,
+        batch_size=4,
+        micro_batch_size=2,
+        lora_dropout=0.0,
+        dtype="float32",
     )
-    # one item a batch: every evaluation has several batches, so two ranks under torchrun both get work
+    # one item a batch: every evaluation has several batches, so two ranks under torchrun both get work;
+    # MMLU under both protocols, so that the secondary tables are built
     params["evaluate"].update(batch_size=1, limit={"mmlu": 4, "asdiv": 2}, max_new_tokens={"asdiv": 8})
+    params["evaluate"]["protocol"]["mmlu"] = ["lm_eval", "chat"]
     params["seeking"].update(lora_r=4, epochs=1, batch_size=4, micro_batch_size=2)
     params["laten"].update(neuron_fraction=0.25, steps=2, batch_size=2)
     return params

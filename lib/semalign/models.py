@@ -7,14 +7,16 @@ module knows about GGUF and the shipped parts. Models are float32 on CPUs (no bf
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import hashlib
+import json
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -26,38 +28,11 @@ from transformers import (
 
 from semalign.embedded import assemble_gguf, embedded_model, verify_sha256
 from semalign.errors import SemalignError
-from semalign.files import sha256_of
+from semalign.sources import ModelSource, model_dir
 
-SOURCES = ("embedded", "hf_dir", "gguf")
 # Precisions a model may run its forward passes in (evaluate.dtype, cache.forward_dtype): bfloat16 runs the
 # matmuls on AMX / tensor cores, 2.5x faster on the 2-core CPU; what it changes is in docs/measurements.md.
 MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model comes from (one `models.<role>` entry of params.yaml).
-
-    source: "embedded" (name = a key of semalign.embedded.EMBEDDED_MODELS), "hf_dir" (path = a local
-    Hugging Face directory with safetensors) or "gguf" (path = a local .gguf file, sha256 optional).
-    allow_pickle: accept pickle `.bin` weights in an hf_dir (they can run code when loaded).
-    """
-
-    source: str
-    name: str | None = None
-    path: str | None = None
-    sha256: str | None = None
-    allow_pickle: bool = False
-
-    def __post_init__(self):
-        if self.source not in SOURCES:
-            raise SemalignError(f"model source {self.source!r} is unknown; use one of {SOURCES}")
-        if self.source == "embedded" and not self.name:
-            raise SemalignError("an embedded model needs `name` (e.g. qwen2.5-coder-1.5b-instruct)")
-        if self.source != "embedded" and not self.path:
-            raise SemalignError(
-                f"a {self.source} model needs `path` to a local {self.source.replace('_', ' ')}"
-            )
 
 
 @dataclass(frozen=True)
@@ -91,34 +66,6 @@ def load_source(
         return load_gguf(gguf_path, dtype=dtype)
 
 
-def source_sha256(source: ModelSource) -> str:
-    """Content hash of the model `source` names, so that a model replaced in place is seen as changed: the
-    recorded hash of an embedded GGUF (checked when it is assembled), a GGUF file's sha256, or for a Hugging
-    Face directory the sha256 over its files' relative names and sha256s, in name order."""
-    if source.source == "embedded":
-        return embedded_model(source.name).sha256
-    path = Path(source.path)
-    if source.source == "gguf":
-        if not path.is_file():
-            raise SemalignError(f"GGUF file {path} does not exist; fix models.<role>.path in params.yaml")
-        return sha256_of(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in _model_dir(path).rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}:{sha256_of(file)}\n".encode())
-    return digest.hexdigest()
-
-
-def _model_dir(path: str | Path) -> Path:
-    """`path` as a Path, if it is a Hugging Face model directory (has config.json)."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise SemalignError(
-            f"{path} is not a model directory (no config.json); run `dvc repro materialize` "
-            "or point models.<role>.path in params.yaml at a local Hugging Face directory"
-        )
-    return path
-
-
 def load_hf_dir(
     path: Path,
     allow_pickle: bool = False,
@@ -126,7 +73,7 @@ def load_hf_dir(
     device: str | torch.device = "cpu",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a local Hugging Face directory; refuse pickle weights unless `allow_pickle`."""
-    path = _model_dir(path)
+    path = model_dir(path)
     has_safetensors = any(path.glob("*.safetensors"))
     if not has_safetensors and any(path.glob("*.bin")) and not allow_pickle:
         raise SemalignError(
@@ -145,10 +92,23 @@ def load_hf_dir(
     return model.to(device).eval(), tokenizer
 
 
+def read_weight_blocks(path: Path, blocks: dict[str, tuple[slice, slice]]) -> dict[str, torch.Tensor]:
+    """{state-dict key: its weight's `[rows, cols]` block as stored, float32}, read from the safetensors of
+    the model directory `path` (one file or an index of shards) without loading the other weights."""
+    path = model_dir(path)
+    index = path / "model.safetensors.index.json"
+    shard_of = json.loads(index.read_text())["weight_map"] if index.is_file() else {}
+    read = {}
+    for key, (rows, cols) in blocks.items():
+        with safe_open(path / shard_of.get(key, "model.safetensors"), framework="pt") as weights:
+            read[key] = weights.get_slice(key)[rows, cols].float()
+    return read
+
+
 def empty_hf_model(path: Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """The architecture of the local model directory `path` with no weights (parameters on the meta device,
     nothing read but config.json): for a process that receives its weights from another (`training.place`)."""
-    path = _model_dir(path)
+    path = model_dir(path)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(
             AutoConfig.from_pretrained(path, local_files_only=True), dtype=dtype
@@ -182,7 +142,7 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
 def check_gguf(path: Path) -> None:
     """Stop with one line if `path` is not a whole GGUF file (cut short by a download or a copy): its tensors
     must end within the file. transformers would fail later with a reshape traceback naming neither."""
-    from gguf import GGUFReader  # only the GGUF route needs it
+    from gguf import GGUFReader  # only the GGUF route needs it (inside parsed_once: the shared parse)
 
     size = path.stat().st_size
     try:
@@ -197,6 +157,31 @@ def check_gguf(path: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def parsed_once(path: Path):
+    """Within the block, every `gguf.GGUFReader(path)` (ours and transformers': the config, the weights and
+    the tokenizer each open the file anew) returns one reader, parsed on first use. Parsing a Qwen2.5 GGUF's
+    metadata (its 151,643 tokens and merges, element by element) takes ~14 s on 2 cores, four times per
+    load without this. The reader only maps the file read-only, so sharing it changes nothing it returns."""
+    import gguf
+
+    parse = gguf.GGUFReader
+    parsed: dict[Path, object] = {}
+
+    def reader(file, *args, **kwargs):
+        if Path(file).resolve() != path.resolve() or args or kwargs:
+            return parse(file, *args, **kwargs)
+        if path not in parsed:
+            parsed[path] = parse(file)
+        return parsed[path]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = parse
+
+
 def load_gguf(
     path: Path, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -204,16 +189,17 @@ def load_gguf(
     from transformers import GgufConfig  # only the GGUF route needs it (recent transformers only)
 
     path = Path(path)
-    check_gguf(path)
-    model = AutoModelForCausalLM.from_pretrained(
-        path.parent,
-        gguf_file=path.name,
-        quantization_config=GgufConfig(dequantize=True),
-        dtype=dtype,
-        local_files_only=True,
-        trust_remote_code=False,
-    )
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    with parsed_once(path):
+        check_gguf(path)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent,
+            gguf_file=path.name,
+            quantization_config=GgufConfig(dequantize=True),
+            dtype=dtype,
+            local_files_only=True,
+            trust_remote_code=False,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
     return model.eval(), tokenizer
 
 

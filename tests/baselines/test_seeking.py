@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from semalign.baselines.delta import apply_delta, load_delta, save_delta, target_linears
+from semalign.baselines.delta import apply_delta, load_delta, save_delta, target_linears, weight_keys
 from semalign.baselines.seeking import (
     SeekingConfig,
     best_block,
@@ -118,18 +118,36 @@ def test_block_larger_than_the_teacher_matrix_is_refused():
         best_block(torch.rand(4, 4), 5, 2)
 
 
-def test_lora_factors_are_the_best_rank_r_approximation():
-    block = torch.randn(12, 7, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("shape", [(12, 7), (7, 12), (9, 9)])
+def test_lora_factors_are_the_best_rank_r_approximation(shape):
+    block = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     b, a = lora_factors(block, 3)
-    assert b.shape == (12, 3) and a.shape == (3, 7)
+    assert b.shape == (shape[0], 3) and a.shape == (3, shape[1])
     s = torch.linalg.svdvals(block.double())
     assert torch.linalg.norm(block.double() - (b @ a).double()) ** 2 == pytest.approx(
         float((s[3:] ** 2).sum()), rel=1e-5
     )
+    torch.testing.assert_close(torch.linalg.norm(b.double(), dim=0), s[:3], rtol=1e-6, atol=0)  # B = U_r Σ_r
+    torch.testing.assert_close(
+        a.double() @ a.double().T, torch.eye(3, dtype=torch.float64), atol=1e-6, rtol=0
+    )
 
 
-def blocks_for(student_model, config):
+@pytest.mark.parametrize("shape", [(12, 7), (7, 12)])
+def test_lora_factors_of_a_rank_deficient_block_are_finite_and_exact(shape):
+    g = torch.Generator().manual_seed(1)
+    block = torch.randn(shape[0], 2, generator=g) @ torch.randn(2, shape[1], generator=g)  # rank 2 < r = 3
+    b, a = lora_factors(block, 3)
+    assert torch.isfinite(b).all() and torch.isfinite(a).all()
+    torch.testing.assert_close(b @ a, block, atol=1e-5, rtol=0)
+
+
+def blocks_for(student_model, config, directory):
+    """Blocks as run_seeking finds them: sensitivities on the model, weights read from its saved directory
+    (sharded: every weight in a file of its own)."""
     t, (ids, mask, labels) = teacher(), seed_set()
+    t.save_pretrained(directory / "teacher", max_shard_size="20KB")
+    assert (directory / "teacher" / "model.safetensors.index.json").is_file()
     scores = sensitivity(t, ids, mask, labels, config.target_modules)
     layers = select_layers(layer_totals(scores), 3)
     shapes = {
@@ -137,13 +155,14 @@ def blocks_for(student_model, config):
         for (ell, kind), m in target_linears(student_model, config.target_modules).items()
         if ell == 1
     }
-    return extract_blocks(t, scores, layers, shapes), layers, scores
+    keys = weight_keys(t, target_linears(t, config.target_modules))
+    return extract_blocks(directory / "teacher", keys, scores, layers, shapes), layers, scores
 
 
-def test_blocks_are_the_teacher_weights_at_the_most_sensitive_position():
+def test_blocks_are_the_teacher_weights_at_the_most_sensitive_position(tmp_path):
     config = SeekingConfig(lora_r=4)
     s = student()
-    blocks, layers, scores = blocks_for(s, config)
+    blocks, layers, scores = blocks_for(s, config, tmp_path)
     t_linears = target_linears(teacher(), KINDS)
     assert set(blocks) == {(j, kind) for j in (1, 2, 3) for kind in KINDS}
     for (j, kind), block in blocks.items():
@@ -163,21 +182,21 @@ def test_blocks_are_the_teacher_weights_at_the_most_sensitive_position():
         )
 
 
-def injected_student(config):
+def injected_student(config, directory):
     s = student()
-    blocks, _, _ = blocks_for(s, config)
+    blocks, _, _ = blocks_for(s, config, directory)
     factors = {site: lora_factors(b.weight, config.lora_r) for site, b in blocks.items()}
     model = add_lora(s, [1, 2, 3], config.train_config())
     inject(model, factors)
     return model, factors
 
 
-def test_injection_leaves_the_outputs_unchanged_and_puts_the_block_in_the_adapter():
+def test_injection_leaves_the_outputs_unchanged_and_puts_the_block_in_the_adapter(tmp_path):
     config = SeekingConfig(lora_r=4)
     ids, mask, _ = seed_set(seed=5)
     with torch.no_grad():
         before = student()(input_ids=ids, attention_mask=mask).logits
-    model, factors = injected_student(config)
+    model, factors = injected_student(config, tmp_path)
     model.eval()
     with torch.no_grad():
         after = model(input_ids=ids, attention_mask=mask).logits
@@ -191,7 +210,7 @@ def test_injection_leaves_the_outputs_unchanged_and_puts_the_block_in_the_adapte
 
 def test_saved_delta_reproduces_the_post_aligned_model(tmp_path):
     config = SeekingConfig(lora_r=4, lr=1e-2, epochs=2, batch_size=2, micro_batch_size=1, lora_dropout=0.0)
-    model, factors = injected_student(config)
+    model, factors = injected_student(config, tmp_path)
     ids, mask, labels = seed_set(n=4, seed=6)
     tensors = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     train_config = config.train_config()

@@ -55,7 +55,10 @@ def test_residual_states_keep_real_tokens_in_example_order():
     model = tiny_model("qwen2", num_layers=2)
     ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0], [10, 11, 12, 13]])
     mask = (ids != 0).long()
+    head_inputs = []
+    model.get_output_embeddings().register_forward_hook(lambda m, i, o: head_inputs.append(i[0].shape[1]))
     states = residual_states(model, ids, mask, [0, 2], batch_size=2)
+    assert head_inputs == [1, 1]  # the head, whose logits nobody reads, runs on one position per batch
     assert states[2].shape == (9, 48)
     with ResidualRecorder(model, [2]) as rec, torch.no_grad():
         model(ids[1:2, :2])

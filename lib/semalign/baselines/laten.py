@@ -48,7 +48,8 @@ from semalign.data import load_split
 from semalign.errors import SemalignError
 from semalign.models import decoder_layers, final_norm, load_hf_dir, model_info
 from semalign.progress import progress
-from semalign.student.objectives import cross_entropy_loss
+from semalign.student.objectives import cross_entropy_loss, kept_pairs, supervised_positions
+from semalign.student.training import COMPUTE_DTYPES
 from semalign.teacher.activations import ResidualRecorder
 
 ROW_KINDS = ("up_proj", "v_proj")  # a neuron owns a row: the module reads the residual stream
@@ -61,7 +62,8 @@ Site = tuple[int, str]  # (layer ℓ = 1..L, module kind)
 class LatenConfig:
     """`laten` section. num_layers: teacher layers kept (null: the student's depth); neuron_fraction: share of
     the student's neurons per module that receive a delta; steps × batch_size alignment examples; AdamW lr and
-    weight_decay; penalty: weight of mean(δ²); init_std: std of the hypernetworks' last layer."""
+    weight_decay; penalty: weight of mean(δ²); init_std: std of the hypernetworks' last layer; dtype: the
+    precision of the alignment steps' forward and backward passes (as train.dtype)."""
 
     num_layers: int | None = positive(None)
     neuron_fraction: float = 0.1
@@ -73,9 +75,12 @@ class LatenConfig:
     penalty: float = at_least(1000.0, 0)
     init_std: float = positive(1e-3)
     seed: int = at_least(0, 0)
+    dtype: str = "float32"
 
     def __post_init__(self):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if self.dtype not in COMPUTE_DTYPES:
+            raise SemalignError(f"laten.dtype {self.dtype!r} is unknown; use one of {sorted(COMPUTE_DTYPES)}")
         unknown = sorted(set(self.target_modules) - set(KINDS))
         if unknown:
             raise SemalignError(
@@ -154,10 +159,11 @@ def attribute(
         hooks += _capture_inputs({ell: writers[(ell, "down_proj")] for ell in range(1, num_layers + 1)}, ffn)
         try:
             with ResidualRecorder(model, range(num_layers + 1)) as recorder, torch.no_grad():
-                model(
+                model(  # the states are read, not the logits (answer_logprob applies the head where needed)
                     input_ids=input_ids[row : row + 1, :used].to(device),
                     attention_mask=attention_mask[row : row + 1, :used].to(device),
                     use_cache=False,
+                    logits_to_keep=1,
                 )
         finally:
             for hook in hooks:
@@ -302,19 +308,23 @@ def train_hypernetworks(
     for step in progress(range(1, config.steps + 1), desc="laten: align", unit="step"):
         rows = torch.randperm(len(input_ids), generator=generator)[: config.batch_size]
         used = int(attention_mask[rows].sum(dim=1).max())
+        answers = labels[rows, :used].to(device)
+        kept = supervised_positions(answers)  # the head runs where the cross-entropy reads it only
         deltas = hypernets(plan.teacher_vectors)
         weights = injected_weights(student, plan, deltas)
-        logits = torch.func.functional_call(
-            student,
-            weights,
-            args=(),
-            kwargs={
-                "input_ids": input_ids[rows, :used].to(device),
-                "attention_mask": attention_mask[rows, :used].to(device),
-                "use_cache": False,
-            },
-        ).logits
-        lm_loss = cross_entropy_loss(logits, labels[rows, :used].to(device))
+        with torch.autocast(device.type, COMPUTE_DTYPES[config.dtype], enabled=config.dtype != "float32"):
+            logits = torch.func.functional_call(
+                student,
+                weights,
+                args=(),
+                kwargs={
+                    "input_ids": input_ids[rows, :used].to(device),
+                    "attention_mask": attention_mask[rows, :used].to(device),
+                    "use_cache": False,
+                    "logits_to_keep": kept,
+                },
+            ).logits
+        lm_loss = cross_entropy_loss(*kept_pairs(logits, answers, kept))
         penalty = config.penalty * torch.cat([d.flatten() for d in deltas.values()]).pow(2).mean()
         loss = lm_loss + penalty
         if not torch.isfinite(loss):

@@ -39,6 +39,22 @@ def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 
+def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
+    """`[P]`: the positions t, in any row of `labels` `[B, T]`, whose next token is supervised: the only
+    logits cross_entropy_loss and output_cosine_loss read (a forward's `logits_to_keep`)."""
+    return (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)
+
+
+def kept_pairs(
+    logits: torch.Tensor, labels: torch.Tensor, kept: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits computed at `kept` positions only (`[B, P, V]`) and the labels `[B, T]`, as the pair these
+    losses read: one unused position appended to the logits and one ignored column before the labels
+    `[B, P + 1]`, so that logits[:, i] meets the label of position kept[i] + 1, as in the full pair."""
+    logits = torch.cat([logits, logits[:, :1]], dim=1)
+    return logits, torch.cat([torch.full_like(labels[:, :1], IGNORE), labels[:, kept + 1]], dim=1)
+
+
 def relation_matrix(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per sequence, the cosine matrix of its centered unit token vectors: `[batch, tokens, tokens]`.
 

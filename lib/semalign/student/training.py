@@ -50,10 +50,12 @@ from semalign.student.objectives import (
     cross_entropy_loss,
     interface_similarity,
     kd_loss,
+    kept_pairs,
     layer_cosine_loss,
     next_token_positions,
     output_cosine_loss,
     relation_geometry_loss,
+    supervised_positions,
     topk_kl_loss,
 )
 from semalign.student.variants import Variant, parse_variant
@@ -61,6 +63,8 @@ from semalign.teacher.activations import ResidualRecorder
 from semalign.teacher.bases import VocabAlignment
 
 PARALLEL = ("ddp", "fsdp")
+# Precision of the forward and backward passes; the adapters, optimizer state and losses stay float32.
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TERMS = ("loss", "layer_term", "output_term")
 Rows = torch.Tensor | StoreRows  # a split's array `[N, ...]`, indexable by a tensor of row numbers
 
@@ -89,6 +93,7 @@ class TrainConfig:
     explode_factor: float = positive(100.0)
     seed: int = at_least(0, 0)
     parallel: str = "ddp"
+    dtype: str = "float32"
 
     def __post_init__(self):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
@@ -102,6 +107,8 @@ class TrainConfig:
             )
         if self.kl_positions not in ("all", "answer"):
             raise SemalignError(f"train.kl_positions {self.kl_positions!r} must be 'all' or 'answer'")
+        if self.dtype not in COMPUTE_DTYPES:
+            raise SemalignError(f"train.dtype {self.dtype!r} is unknown; use one of {sorted(COMPUTE_DTYPES)}")
         if self.parallel not in PARALLEL:
             raise SemalignError(
                 f"train.parallel {self.parallel!r} is unknown; use 'ddp' (a whole student on each "
@@ -296,16 +303,16 @@ def _layer_term(
     return torch.stack(terms).mean()
 
 
-def _output_term(config: TrainConfig, logits: torch.Tensor, batch: TrainingBatch) -> torch.Tensor:
+def _output_term(config: TrainConfig, logits: torch.Tensor, labels: torch.Tensor, batch: TrainingBatch):
     objective = config.variant.objective
     if objective == "v1":
-        return output_cosine_loss(logits, batch.labels)
+        return output_cosine_loss(logits, labels)
     if objective == "sft":
-        return cross_entropy_loss(logits, batch.labels)
+        return cross_entropy_loss(logits, labels)
     positions = next_token_positions(batch.attention_mask, batch.labels, config.kl_positions)
     topk = (batch.topk_logprobs, batch.topk_ids, batch.rest_logmass)
     if objective == "kd":
-        return kd_loss(logits, batch.labels, *topk, positions, config.kd_weight)
+        return kd_loss(logits, labels, *topk, positions, config.kd_weight)
     return topk_kl_loss(logits, *topk, positions)
 
 
@@ -317,7 +324,11 @@ def batch_losses(
     forward: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     """{"layer_term", "output_term", "loss"} of one micro batch for the trained `layers` (with graph).
-    `forward` runs the model (its DDP wrapper under torchrun); `model` itself by default."""
+    `forward` runs the model (its DDP wrapper under torchrun); `model` itself by default.
+
+    v1 and sft read the logits only where the next token is supervised (an MMLU answer: 2 of ~300
+    positions), so the LM head `[vocab, d]` runs there only (`kept_pairs`): a quarter of the forward's
+    arithmetic and `[B, T, vocab]` float32 logits (0.9 GB at 4 x 384) saved."""
     device = next(model.parameters()).device
     batch = TrainingBatch(
         **{
@@ -328,12 +339,20 @@ def batch_losses(
         }
     )
     needed = sorted({k for k in layers} | {k - 1 for k in layers}) if uses_targets(config) else []
-    with ResidualRecorder(model.get_base_model(), needed, detach=False) as recorder:
+    keep = supervised_positions(batch.labels) if config.variant.objective in ("v1", "sft") else None
+    with (
+        ResidualRecorder(model.get_base_model(), needed, detach=False) as recorder,
+        torch.autocast(device.type, COMPUTE_DTYPES[config.dtype], enabled=config.dtype != "float32"),
+    ):
         logits = (forward or model)(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            use_cache=False,
+            **({"logits_to_keep": keep} if keep is not None else {}),
         ).logits
+    logits, labels = (logits, batch.labels) if keep is None else kept_pairs(logits, batch.labels, keep)
     layer_term = _layer_term(config, recorder, batch, layers) if needed else torch.zeros((), device=device)
-    output_term = _output_term(config, logits, batch)
+    output_term = _output_term(config, logits, labels, batch)
     return {
         "layer_term": layer_term,
         "output_term": output_term,
@@ -493,7 +512,9 @@ def layer_alignment(
     for batch in batches:
         mask = batch.attention_mask.to(device)
         with ResidualRecorder(base, sorted(set(layers) | {k - 1 for k in layers})) as recorder:
-            model(input_ids=batch.input_ids.to(device), attention_mask=mask, use_cache=False)
+            model(
+                input_ids=batch.input_ids.to(device), attention_mask=mask, use_cache=False, logits_to_keep=1
+            )
         for k in layers:
             similarity = interface_similarity(
                 recorder.states[k] - recorder.states[k - 1], batch.targets[k].to(device), mask

@@ -127,6 +127,7 @@ def residual_states(
                 input_ids=input_ids[start : start + batch_size, :used].to(model.device),
                 attention_mask=mask,
                 use_cache=False,
+                logits_to_keep=1,  # the states are what is read: the head runs on one position, not all
             )
         for ell, h in recorder.states.items():
             collected.setdefault(ell, []).append(h[mask.bool()].float().cpu())

@@ -39,10 +39,13 @@ FORMAT = "semalign-bases/1"  # part of the store fingerprint: a change to the re
 
 @dataclass(frozen=True)
 class BasesConfig:
-    """`bases` section: which variants to write, and vocabulary rows per chunk of the store."""
+    """`bases` section: which variants to write, vocabulary rows per chunk of the store, and its codec
+    ("none" or "zstd": zstd makes float32 bases 8 % smaller, and decompressing them took a third of fold's
+    time on the real pair)."""
 
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     chunk_rows: int = positive(16384)
+    codec: str = "none"
 
 
 def gram(w: torch.Tensor, chunk_rows: int, device: torch.device | str | None = None) -> torch.Tensor:
