@@ -102,6 +102,21 @@ def child(mode: str, args) -> dict:
     }
 
 
+def each_in_own_process(script: str, modes) -> dict[str, dict]:
+    """{mode: the JSON its last output line holds} from `script --child <mode> <this run's arguments>`, one
+    process per mode, so that each mode's peak memory is its own."""
+    results = {}
+    for mode in modes:
+        done = subprocess.run(
+            [sys.executable, script, "--child", mode, *sys.argv[1:]],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -116,15 +131,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
-    results = {}
-    for mode in ("sft", "cache", "live"):
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", mode, *sys.argv[1:]],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    results = each_in_own_process(__file__, ("sft", "cache", "live"))
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(
         f"device {args.device} ({name}); student {STUDENT} (LoRA on layer {LAYER}), teacher {TEACHER}; "

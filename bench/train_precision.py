@@ -12,12 +12,11 @@ them, as it did before `train` kept only the read ones. Each mode in its own pro
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import time
 
 import torch
 
+from bench_train import each_in_own_process  # bench/ is on the path of a script run from it
 from semalign.student.training import TrainConfig, TrainingBatch, add_lora, batch_losses
 from semalign.testing import build_model, real_shape_config
 
@@ -70,15 +69,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
-    results = {}
-    for mode in MODES:
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", mode, *sys.argv[1:]],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    results = each_in_own_process(__file__, MODES)
     print(
         f"cpu, {torch.get_num_threads()} threads; student {STUDENT} (LoRA on layer {LAYER}), sft, "
         f"{args.micro_batch} x {args.length} tokens, {args.answer} supervised per row; median of {args.steps}"
