@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from semalign.evaluation.agreement import read_agreement
+from semalign.evaluation.agreement_summary import read_agreement
 from semalign.evaluation.power import plan_markdown, power_plan
-from semalign.evaluation.runner import read_results
+from semalign.evaluation.results import read_variant_results
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results/study"
@@ -22,10 +22,7 @@ OUT = ROOT / "results/study"
 def main() -> None:
     study = yaml.safe_load((ROOT / "study.yaml").read_text())["overrides"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    mmlu = {
-        path.parent.name: read_results(path)
-        for path in sorted((ROOT / "data/eval/mmlu").glob("*/lm_eval.jsonl"))
-    }
+    mmlu = read_variant_results(ROOT / "data/eval/mmlu", "lm_eval")
     agreement = read_agreement(ROOT / "data/agreement").get("mmlu", {})
     # The study's sizes: its overrides, else the default's params.
     sizes = {

@@ -8,8 +8,8 @@ scripts/readme_results.py copies into the README.
 import json
 from pathlib import Path
 
-from semalign.evaluation.agreement import read_agreement
-from semalign.evaluation.runner import read_results
+from semalign.evaluation.agreement_summary import read_agreement
+from semalign.evaluation.results import read_variant_results
 from semalign.evaluation.verdict import verdict, verdict_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,10 +17,7 @@ STUDY = ROOT / "results/study"
 
 
 def main() -> None:
-    results = {
-        path.parent.name: read_results(path)
-        for path in sorted((STUDY / "data/eval/mmlu").glob("*/lm_eval.jsonl"))
-    }
+    results = read_variant_results(STUDY / "data/eval/mmlu", "lm_eval")
     agreement = read_agreement(STUDY / "data/agreement").get("mmlu", {})
     table = verdict(results, agreement)
     (STUDY / "verdict.json").write_text(json.dumps(table, indent=2) + "\n")

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from semalign.distributed import Shard
 from semalign.errors import SemalignError
-from semalign.evaluation.runner import EvalConfig, ItemResult, merge_results, read_results, results_header
+from semalign.evaluation.results import ItemResult, read_results
+from semalign.evaluation.runner import EvalConfig, merge_results, results_header
 from semalign.store import ArraySpec, StoreWriter, open_store
 from semalign.tasks import TaskItem
 from tiny_project import ROOT, run, stage_args

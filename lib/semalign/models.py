@@ -30,9 +30,22 @@ from semalign.embedded import assemble_gguf, embedded_model, verify_sha256
 from semalign.errors import SemalignError
 from semalign.sources import ModelSource, model_dir
 
-# Precisions a model may run its forward passes in (evaluate.dtype, cache.forward_dtype): bfloat16 runs the
-# matmuls on AMX / tensor cores, 2.5x faster on the 2-core CPU; what it changes is in docs/measurements.md.
+# Precisions a model may run in (evaluate.dtype, cache.forward_dtype: its weights; train.dtype, seeking.dtype,
+# laten.dtype: the forward and backward under autocast): bfloat16 runs the matmuls on AMX / tensor cores,
+# 2.5x faster on the 2-core CPU; what it changes is in docs/measurements.md.
 MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def check_precision(key: str, value: str) -> None:
+    """Stop unless `value` (the setting of params key `key`, e.g. train.dtype) is a MODEL_DTYPES precision."""
+    if value not in MODEL_DTYPES:
+        raise SemalignError(f"{key} is {value!r}; use one of {list(MODEL_DTYPES)}")
+
+
+def compute_precision(device: torch.device, precision: str) -> torch.autocast:
+    """The forward (and its backward) under autocast to `precision` on `device`: the matmuls run in it, while
+    parameters, optimizer state and losses keep their own dtype. float32 is no autocast at all."""
+    return torch.autocast(device.type, MODEL_DTYPES[precision], enabled=precision != "float32")
 
 
 @dataclass(frozen=True)

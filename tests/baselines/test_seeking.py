@@ -94,6 +94,13 @@ def test_layers_are_the_top_totals_in_depth_order():
         select_layers(totals, 6)
 
 
+def test_an_unknown_precision_is_refused_by_its_key():
+    with pytest.raises(
+        SemalignError, match=r"^seeking.dtype is 'float16'; use one of \['float32', 'bfloat16'\]$"
+    ):
+        SeekingConfig(dtype="float16")
+
+
 @pytest.mark.parametrize(
     "shape,block", [((7, 9), (3, 4)), ((5, 5), (5, 5)), ((6, 4), (1, 1)), ((8, 3), (2, 3))]
 )

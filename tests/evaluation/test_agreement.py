@@ -8,10 +8,9 @@ import torch
 
 from cache_fixtures import NUM_LAYERS, WIDTH, build_cache, make_inputs
 from semalign.errors import SemalignError
-from semalign.evaluation.agreement import (
-    AgreementConfig,
+from semalign.evaluation.agreement import AgreementConfig, agreement_rows
+from semalign.evaluation.agreement_summary import (
     agreement_display,
-    agreement_rows,
     agreement_table,
     compare_agreement,
     summarise_agreement,

@@ -8,7 +8,7 @@ import pytest
 
 from semalign.errors import SemalignError
 from semalign.evaluation.power import detectable, items_needed, kl_spreads, plan_markdown, power_plan
-from semalign.evaluation.runner import ItemResult
+from semalign.evaluation.results import ItemResult
 
 Z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)  # 2.8016
 

@@ -1,14 +1,12 @@
 """Evaluation runner: MMLU letter scoring (left padding, answer tokens), math and code scoring through
-answer extraction and the real sandbox, resumable results files, summaries, and the results table."""
+answer extraction and the real sandbox, resumable results files, and the results table."""
 
 import json
 import re
 import runpy
 import sys
 from pathlib import Path
-from statistics import NormalDist
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -19,20 +17,19 @@ from semalign.errors import SemalignError
 from semalign.evaluation import generation, runner
 from semalign.evaluation.generation import Completion
 from semalign.evaluation.prompts import MMLU_DESCRIPTION, MMLU_INSTRUCTION, eval_prompt
+from semalign.evaluation.results import (
+    read_results,
+    summarise_results,
+)
 from semalign.evaluation.runner import (
     EvalConfig,
-    ItemResult,
     _cut,
     answer_token_ids,
-    compare_paired,
     evaluate_task,
-    gold_logprob,
-    read_results,
     score_code,
     score_math,
     score_mmlu,
     stop_token_ids,
-    summarise_results,
 )
 from semalign.evaluation.sandbox import ExecutionResult
 from semalign.evaluation.table import build_table, build_tables, render_markdown
@@ -512,85 +509,6 @@ def test_per_task_budgets_reach_generation_and_keep_the_other_tasks_results(monk
         EvalConfig(max_new_tokens="512")
 
 
-# Summaries
-
-
-def _results(correct, prefix="t"):
-    return [ItemResult(f"{prefix}/{i}", bool(c), "", {}) for i, c in enumerate(correct)]
-
-
-def test_summary_and_paired_comparison_on_constructed_results():
-    base = _results([1, 1, 0, 0, 1, 0])
-    other = _results([1, 0, 1, 1, 1, 1]) + [ItemResult("t/only-other", False, "", {})]
-    summary = summarise_results(base)
-    assert summary["n"] == 6 and summary["accuracy"] == 0.5
-    # Wilson at 3/6: centre 0.5, half-width 1.96 * sqrt(1/24 + 1.96**2 / 144) / (1 + 1.96**2 / 6) = 0.31239.
-    assert summary["ci_low"] == pytest.approx(0.18761, abs=1e-4)
-    assert summary["ci_high"] == pytest.approx(0.81239, abs=1e-4)
-    comparison = compare_paired(base, list(reversed(other)), iters=2000)
-    # b01: only `other` right (items 2, 3, 5); b10: only `base` (item 1); p = 2 * (1 + 4) / 2**4.
-    assert (comparison["n"], comparison["b01"], comparison["b10"]) == (6, 3, 1)
-    assert comparison["mcnemar_p"] == pytest.approx(0.625)
-    assert comparison["diff"] == pytest.approx(1 / 3)
-    assert comparison["diff_low"] <= 1 / 3 <= comparison["diff_high"]
-    # paired differences other - base: 0, -1, 1, 1, 0, 1 (mean 1/3, sample variance 2/3)
-    assert comparison["mdd"] == pytest.approx((1.959964 + 0.841621) * (2 / 3) ** 0.5 / 6**0.5, rel=1e-6)
-    assert "gold_logprob_diff" not in comparison  # no letter log-probs: not MMLU
-    # no spread (the same answers, or one item): nothing can be said about what the items detect, not "0"
-    assert compare_paired(base, base, iters=10)["mdd"] is None
-    assert compare_paired(base[:1], other[:1], iters=10)["mdd"] is None
-    with pytest.raises(SemalignError, match="share no item_id"):
-        compare_paired(base, _results([1], prefix="u"))
-
-
-def _mmlu_result(i, logprobs, gold):
-    detail = {
-        "logprobs": dict(zip(LETTERS, logprobs)),
-        "letter_mass": float(sum(np.exp(logprobs))),
-        "gold": gold,
-    }
-    choice = LETTERS[int(np.argmax(logprobs))]
-    return ItemResult(f"mmlu/{i}", choice == gold, choice, detail)
-
-
-def test_mmlu_summary_gold_log_prob_letters_and_constant_baseline_against_float64():
-    rng = np.random.default_rng(0)
-    golds = ["A", "C", "C", "B", "C", "D", "A"]
-    logprobs = np.log(rng.dirichlet(np.ones(5), size=len(golds))[:, :4])  # a 5th outcome: mass < 1
-    results = [_mmlu_result(i, list(row), gold) for i, (row, gold) in enumerate(zip(logprobs, golds))]
-    summary = summarise_results(results)
-    gold_index = [LETTERS.index(g) for g in golds]
-    raw = logprobs[range(len(golds)), gold_index]
-    renorm = raw - np.log(np.exp(logprobs).sum(axis=1))
-    assert summary["gold_logprob_mean"] == pytest.approx(raw.mean(), abs=1e-12)
-    assert summary["gold_logprob_renorm_mean"] == pytest.approx(renorm.mean(), abs=1e-12)
-    assert summary["gold_prob_renorm_mean"] == pytest.approx(np.exp(renorm).mean(), abs=1e-12)
-    assert summary["letter_mass_mean"] == pytest.approx(np.exp(logprobs).sum(axis=1).mean(), abs=1e-12)
-    predicted = [LETTERS[j] for j in logprobs.argmax(axis=1)]
-    assert summary["predicted_letters"] == {letter: predicted.count(letter) for letter in LETTERS}
-    assert summary["constant_baseline"] == {"letter": "C", "accuracy": 3 / 7}
-    assert summary["accuracy"] == sum(p == g for p, g in zip(predicted, golds)) / 7
-
-    # Format learning: every letter log-prob up by the same amount moves the raw gold log-prob and the
-    # letter mass, not the renormalised gold log-prob nor the answer.
-    shifted = [_mmlu_result(i, list(row + 1.0), gold) for i, (row, gold) in enumerate(zip(logprobs, golds))]
-    comparison = compare_paired(results, shifted, iters=500)
-    assert comparison["gold_logprob_diff"] == pytest.approx(0.0, abs=1e-12)
-    assert comparison["gold_logprob_mdd"] is None
-    assert summarise_results(shifted)["gold_logprob_mean"] == pytest.approx(raw.mean() + 1.0)
-    better = [
-        _mmlu_result(i, list(row + np.eye(4)[LETTERS.index(gold)] * (0.5 + i)), gold)
-        for i, (row, gold) in enumerate(zip(logprobs, golds))
-    ]
-    comparison = compare_paired(results, better, iters=500)
-    other_renorm = np.array([gold_logprob(r.detail) for r in better])
-    differences = other_renorm - renorm
-    assert comparison["gold_logprob_diff"] == pytest.approx(differences.mean(), abs=1e-12)
-    assert comparison["gold_logprob_diff_low"] <= differences.mean() <= comparison["gold_logprob_diff_high"]
-    z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)
-    assert comparison["gold_logprob_mdd"] == pytest.approx(z * differences.std(ddof=1) / 7**0.5, rel=1e-9)
-
-
 # Table
 
 
@@ -604,7 +522,7 @@ def _summary(accuracy, n=100):
     }
 
 
-def test_table_orders_rows_computes_gap_closed_and_pairs_methods_with_the_student():
+def test_table_orders_rows_computes_gap_closed_and_pairs_methods_with_the_student(results_of):
     summaries = {
         "sft": {"mmlu": _summary(0.5), "mbpp": _summary(0.3)},
         "teacher": {"mmlu": _summary(0.8)},
@@ -613,10 +531,10 @@ def test_table_orders_rows_computes_gap_closed_and_pairs_methods_with_the_studen
         "flat": {"mmlu": _summary(0.4)},
     }
     results = {
-        "student": {"mmlu": _results([1, 1, 0, 0, 1, 0])},
-        "sft": {"mmlu": _results([1, 0, 1, 1, 1, 1])},
-        "teacher": {"mmlu": _results([1, 1, 1, 1, 1, 1])},
-        "semalign-v1": {"mmlu": _results([0, 0, 1, 1, 1, 1])},
+        "student": {"mmlu": results_of([1, 1, 0, 0, 1, 0])},
+        "sft": {"mmlu": results_of([1, 0, 1, 1, 1, 1])},
+        "teacher": {"mmlu": results_of([1, 1, 1, 1, 1, 1])},
+        "semalign-v1": {"mmlu": results_of([0, 0, 1, 1, 1, 1])},
     }
     summaries["teacher"]["humaneval"] = _summary(0.5)
     table = build_table(summaries, results)
@@ -661,15 +579,15 @@ def test_table_orders_rows_computes_gap_closed_and_pairs_methods_with_the_studen
     assert gaps["gap_closed"] == {"m": {"mmlu": None}}
 
 
-def test_an_evaluation_only_task_has_base_rows_and_no_method_cells():
+def test_an_evaluation_only_task_has_base_rows_and_no_method_cells(results_of):
     summaries = {
         "student": {"mmlu": _summary(0.4), "asdiv": _summary(0.2, n=30), "humaneval": _summary(0.1, n=10)},
         "teacher": {"mmlu": _summary(0.8), "asdiv": _summary(0.5, n=30), "humaneval": _summary(0.3, n=10)},
         "v1": {"mmlu": _summary(0.6)},
     }
     results = {
-        "student": {"mmlu": _results([1, 0]), "asdiv": _results([1, 0], prefix="a")},
-        "v1": {"mmlu": _results([1, 1])},
+        "student": {"mmlu": results_of([1, 0]), "asdiv": results_of([1, 0], prefix="a")},
+        "v1": {"mmlu": results_of([1, 1])},
     }
     table = build_table(summaries, results)
     assert table["tasks"] == ["mmlu", "asdiv", "humaneval"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from semalign.evaluation.runner import ItemResult, gold_logprob
+from semalign.evaluation.results import ItemResult, gold_logprob
 from semalign.evaluation.verdict import CANNOT_TELL, HELD, NOT_HELD, decide, verdict, verdict_markdown
 
 

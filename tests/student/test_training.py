@@ -299,7 +299,7 @@ def test_config_errors():
     with pytest.raises(SemalignError, match="train.parallel 'deepspeed' is unknown; use 'ddp' .* or 'fsdp'"):
         TrainConfig(parallel="deepspeed")
     with pytest.raises(
-        SemalignError, match=r"train.dtype 'float16' is unknown; use one of \['bfloat16', 'float32'\]"
+        SemalignError, match=r"^train.dtype is 'float16'; use one of \['float32', 'bfloat16'\]$"
     ):
         TrainConfig(dtype="float16")
 

@@ -3,10 +3,10 @@ measurements that say whether the alignment means anything, over the pipeline's 
 plots/align/, metrics/align/).
 
 Targets: for each latent map of `align.maps` and each trained student layer of each pairing (v1, v2), the
-teacher quantity mapped by that map. Measurements:
-Fig. 2 for both models with the random-basis control and its sweep; every latent map on the held-out
-alignment examples, per student layer. Not re-exported by `semalign.align`: it loads models and stores,
-which the package's pure modules (and the stages importing only them) do not need.
+teacher quantity mapped by that map. Measurements: Fig. 2 for both models with the random-basis control and
+its sweep; every latent map on the held-out alignment examples, per student layer. A stage body, not in
+`semalign.align.__all__`: it loads models and stores, which the package's pure modules (and the stages
+importing only them) do not need.
 """
 
 import hashlib

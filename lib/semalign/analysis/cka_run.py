@@ -4,9 +4,9 @@ embeddings h_0), with the teacher's raw and mapped into student space.
 
 Raw residual streams h are ≈ 1 for almost every layer pair (a few massive-activation dimensions dominate every
 h_ℓ), so they are kept only as one contrast panel ("before"). Student-side: the teacher's h_0, Δh come from
-the cache, never from its weights. "aligned" maps them with the semantic map of `fold` (M Δh/‖Δh‖, the
-paper's targets); "after <objective>" is the student with that objective's adapter merged. Not re-exported by
-`semalign.analysis`: it loads models and stores, which the report stage does not need.
+the cache, never from its weights. "aligned" maps them with the semantic map of `fold` (M Δh/‖Δh‖, the paper's
+targets); "after <objective>" is the student with that objective's adapter merged. A stage body, not in
+`semalign.analysis.__all__`: it loads models and stores, which the report stage does not need.
 """
 
 import time

@@ -4,6 +4,6 @@ Both read the teacher's weights (unlike SemAlign's student side) and write a stu
 (`semalign.baselines.delta`) that the evaluate stage adds to the student.
 """
 
-from semalign.baselines.delta import DELTA_FILE, apply_delta, load_delta, save_delta, target_linears
-
-__all__ = ["DELTA_FILE", "apply_delta", "load_delta", "save_delta", "target_linears"]
+# Submodules, not re-exported names (as in semalign.evaluation): importing one module of the package must
+# not import the others, and with them captum, matplotlib or peft, into every stage that reads it.
+__all__ = ["delta", "laten", "seeking"]

@@ -46,10 +46,16 @@ from semalign.baselines.seeking import select_layers
 from semalign.config import at_least, positive
 from semalign.data import load_split
 from semalign.errors import SemalignError
-from semalign.models import decoder_layers, final_norm, load_hf_dir, model_info
+from semalign.models import (
+    check_precision,
+    compute_precision,
+    decoder_layers,
+    final_norm,
+    load_hf_dir,
+    model_info,
+)
 from semalign.progress import progress
 from semalign.student.objectives import cross_entropy_loss, kept_pairs, supervised_positions
-from semalign.student.training import COMPUTE_DTYPES
 from semalign.teacher.activations import ResidualRecorder
 
 ROW_KINDS = ("up_proj", "v_proj")  # a neuron owns a row: the module reads the residual stream
@@ -79,8 +85,7 @@ class LatenConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        if self.dtype not in COMPUTE_DTYPES:
-            raise SemalignError(f"laten.dtype {self.dtype!r} is unknown; use one of {sorted(COMPUTE_DTYPES)}")
+        check_precision("laten.dtype", self.dtype)
         unknown = sorted(set(self.target_modules) - set(KINDS))
         if unknown:
             raise SemalignError(
@@ -312,7 +317,7 @@ def train_hypernetworks(
         kept = supervised_positions(answers)  # the head runs where the cross-entropy reads it only
         deltas = hypernets(plan.teacher_vectors)
         weights = injected_weights(student, plan, deltas)
-        with torch.autocast(device.type, COMPUTE_DTYPES[config.dtype], enabled=config.dtype != "float32"):
+        with compute_precision(device, config.dtype):
             logits = torch.func.functional_call(
                 student,
                 weights,

@@ -35,11 +35,10 @@ from semalign.baselines.delta import target_linears, weight_keys
 from semalign.config import at_least, between, positive
 from semalign.data import load_split
 from semalign.errors import SemalignError
-from semalign.models import decoder_layers, load_hf_dir, read_weight_blocks
+from semalign.models import MODEL_DTYPES, check_precision, decoder_layers, load_hf_dir, read_weight_blocks
 from semalign.progress import progress
 from semalign.student.objectives import cross_entropy_loss
 from semalign.student.training import (
-    COMPUTE_DTYPES,
     TrainConfig,
     add_lora,
     step_batches,
@@ -71,10 +70,7 @@ class SeekingConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        if self.dtype not in COMPUTE_DTYPES:
-            raise SemalignError(
-                f"seeking.dtype {self.dtype!r} is unknown; use one of {sorted(COMPUTE_DTYPES)}"
-            )
+        check_precision("seeking.dtype", self.dtype)
         if self.num_layers is not None and (isinstance(self.num_layers, bool) or self.num_layers < 1):
             raise SemalignError(f"seeking.num_layers {self.num_layers!r} must be a positive integer or null")
 
@@ -310,7 +306,7 @@ def run_seeking(student_dir: Path, teacher_dir: Path, data_dir: Path, config: Se
     seed, _ = load_split(data_dir, "attribution")
     # In bfloat16 the teacher takes half the memory and its passes run on AMX; the blocks are read as stored
     # (float32) either way. Its effect on the real teacher's choices: docs/measurements.md.
-    teacher, _ = load_hf_dir(teacher_dir, dtype=COMPUTE_DTYPES[config.dtype])
+    teacher, _ = load_hf_dir(teacher_dir, dtype=MODEL_DTYPES[config.dtype])
     scores = sensitivity(teacher, seed.input_ids, seed.attention_mask, seed.labels, config.target_modules)
     keys = weight_keys(teacher, target_linears(teacher, config.target_modules))
     del teacher

@@ -2,4 +2,18 @@
 
 # Submodules, not re-exported names: the sandbox launcher imports `semalign.evaluation.sandbox` in a fresh
 # interpreter and must not pay for torch.
-__all__ = ["agreement", "answers", "generation", "metrics", "runner", "sandbox", "table", "variants"]
+__all__ = [
+    "agreement",
+    "agreement_summary",
+    "answers",
+    "generation",
+    "metrics",
+    "power",
+    "prompts",
+    "results",
+    "runner",
+    "sandbox",
+    "table",
+    "variants",
+    "verdict",
+]

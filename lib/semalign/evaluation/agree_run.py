@@ -1,7 +1,7 @@
 """The `agree@<task>-<variant>` run: teacher agreement of one variant on the task's agreement split (held out
 from every attribution, alignment and training step): per-token KL(teacher ‖ variant) over the teacher's
-cached top-k + rest, and top-1 agreement (semalign.evaluation.agreement has the definitions). Not
-re-exported by `semalign.evaluation`: it loads a model and writes the pipeline's outputs.
+cached top-k + rest, and top-1 agreement (semalign.evaluation.agreement has the definitions). A stage body,
+not in `semalign.evaluation.__all__`: it loads a model and writes the pipeline's outputs.
 """
 
 import json
@@ -12,7 +12,8 @@ from pathlib import Path
 from semalign.data import load_split
 from semalign.distributed import Ranks
 from semalign.errors import SemalignError
-from semalign.evaluation.agreement import AgreementConfig, agreement_rows, summarise_agreement
+from semalign.evaluation.agreement import AgreementConfig, agreement_rows
+from semalign.evaluation.agreement_summary import summarise_agreement
 from semalign.evaluation.variants import load_variant
 from semalign.files import write_json
 from semalign.store import open_store

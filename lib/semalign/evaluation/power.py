@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from semalign.errors import SemalignError
-from semalign.evaluation.runner import ItemResult, gold_logprob
+from semalign.evaluation.results import ItemResult, gold_logprob
 
 
 def items_needed(sd: float, delta: float, alpha: float = 0.05, power: float = 0.8) -> int:

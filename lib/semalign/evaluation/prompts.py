@@ -16,9 +16,8 @@ from transformers import PreTrainedTokenizerBase
 
 from semalign.data import Example, format_example, prompt_text
 from semalign.errors import SemalignError
-from semalign.tasks import LETTERS, TaskItem
+from semalign.tasks import LETTERS, PROTOCOLS, TaskItem
 
-PROTOCOLS = ("lm_eval", "chat")
 MMLU_DESCRIPTION = "The following are multiple choice questions (with answers).\n\n"
 MMLU_INSTRUCTION = "Answer with the letter of the correct option (A, B, C or D) only."
 

@@ -1,6 +1,6 @@
 """The `evaluate@<task>-<variant>` run: score one model on a task's evaluation split (paper §5.1), every
-protocol of `evaluate.protocol` for the task in turn. Not re-exported by `semalign.evaluation`: it loads
-models and writes the pipeline's outputs.
+protocol of `evaluate.protocol` for the task in turn. A stage body, not in `semalign.evaluation.__all__`: it
+loads models and writes the pipeline's outputs.
 """
 
 import time
@@ -9,12 +9,12 @@ from pathlib import Path
 
 from semalign.data import load_split
 from semalign.distributed import Ranks
+from semalign.evaluation.results import summarise_results
 from semalign.evaluation.runner import (
     EvalConfig,
     describe_protocol,
     evaluate_task,
     merge_results,
-    summarise_results,
 )
 from semalign.evaluation.variants import load_variant
 from semalign.files import write_json

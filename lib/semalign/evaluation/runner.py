@@ -1,4 +1,5 @@
-"""Scoring a model on a task's evaluation items (paper §5.1), resumably, and summarising the outcome.
+"""Scoring a model on a task's evaluation items (paper §5.1), resumably; the results file, its summaries and
+paired comparisons live in semalign.evaluation.results.
 
 Every task is scored zero-shot under a named protocol (`semalign.evaluation.prompts`: `lm_eval`, plain
 text as in lm-evaluation-harness, or `chat`), whatever format training used:
@@ -10,22 +11,19 @@ text as in lm-evaluation-harness, or `chat`), whatever format training used:
   the sandbox. HumanEval programs are the raw task prompt + the extracted code, as in the official harness.
 Plain-text prompts have no end of turn to stop at, so completions are also cut at the usual stop strings.
 
-Results file (jsonl): a header line {"identity": ...}, then one line per item, appended and fsync'ed as
-each batch finishes. A rerun keeps the items already there and computes only the others; a half-written
-last line (a killed run) is dropped; a header that differs from this run's (another model or other
-decoding settings) means the old results are discarded.
+Results file: each batch's lines are appended and fsync'ed as it finishes. A rerun keeps the items already
+there and computes only the others; a half-written last line (a killed run) is dropped; a header that
+differs from this run's (another model or other decoding settings) means the old results are discarded.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -41,17 +39,16 @@ from semalign.evaluation.answers import (
     mmlu_choice,
     numbers_match,
 )
-from semalign.evaluation.metrics import (
-    mcnemar,
-    minimum_detectable_difference,
-    paired_bootstrap,
-    pass_at_k,
-    summarise,
-    wilson_interval,
-)
 from semalign.evaluation.prompts import check_protocol, eval_prompt, letter_continuations
+from semalign.evaluation.results import (
+    ItemResult,
+    append_results,
+    parse_results,
+    resume_results,
+    write_results,
+)
 from semalign.evaluation.sandbox import humaneval_program, mbpp_program, run_many
-from semalign.models import MODEL_DTYPES
+from semalign.models import check_precision
 from semalign.progress import progress
 from semalign.tasks import LETTERS, TASKS
 
@@ -84,7 +81,7 @@ class EvalConfig:
     problem and their sampling temperature (1 and 0: greedy pass@1; n > 1 needs temperature > 0 and adds
     pass@k); math is always greedy. limit: items per task, the first ones of the evaluation split ({"mmlu":
     300}; a missing task
-    or None: all). protocol: the prompt protocols scored (`prompts.PROTOCOLS`), one name or a list for every
+    or None: all). protocol: the prompt protocols scored (`tasks.PROTOCOLS`), one name or a list for every
     task, or per task ({"mmlu": ["lm_eval", "chat"], "asdiv": "chat"}); the first of a task's list is its
     headline. workers: sandbox processes in parallel. seed: of torch's RNG for sampling. dtype: the
     precision the scored models run in, float32 or bfloat16 (AMX/tensor-core matmuls; what it changes is
@@ -103,8 +100,7 @@ class EvalConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if self.dtype not in MODEL_DTYPES:
-            raise SemalignError(f"evaluate.dtype is {self.dtype!r}; use one of {list(MODEL_DTYPES)}")
+        check_precision("evaluate.dtype", self.dtype)
         for name in ("batch_size", "n_samples", "workers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise SemalignError(f"evaluate.{name} is {getattr(self, name)!r}; use an integer >= 1")
@@ -172,19 +168,7 @@ class EvalConfig:
         return self.max_new_tokens[task]
 
 
-@dataclass(frozen=True)
-class ItemResult:
-    """One item's outcome: whether it was right, the answer taken (letter, number or code), and the rest
-    (log-probs, the raw completion, sandbox status) in `detail`."""
-
-    item_id: str
-    correct: bool
-    prediction: str
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
 OnBatch = Callable[[list[ItemResult]], None]
-_FIELDS = {"item_id", "correct", "prediction", "detail"}
 
 
 def answer_token_ids(tokenizer: PreTrainedTokenizerBase, protocol: str) -> list[int]:
@@ -391,11 +375,11 @@ def evaluate_task(
     path = Path(results_path)
     shard = ranks.shard if ranks is not None else Shard()
     if shard.world == 1:
-        done = _resume(path, header)
+        done = resume_results(path, header)
         own = path
     else:  # every rank must see the same finished items, so that all form the same batches
         own = _shard_path(path, shard.rank, shard.world)
-        _resume(own, header)
+        resume_results(own, header)
         ranks.barrier()
         done = _finished(path, header, shard.world)
         ranks.barrier()
@@ -403,7 +387,7 @@ def evaluate_task(
     if pending:
 
         def append(batch: list[ItemResult]) -> None:
-            _append(own, batch)
+            append_results(own, batch)
             done.update((result.item_id, result) for result in batch)
 
         torch.manual_seed(config.seed)
@@ -460,7 +444,7 @@ def merge_results(
             "rerun the stage: it resumes"
         )
     results = [done[item.item_id] for item in items]
-    _write_fresh(path, header, results)
+    write_results(path, header, results)
     for rank in range(world):
         _shard_path(path, rank, world).unlink(missing_ok=True)
     return results
@@ -501,7 +485,7 @@ def _finished(path: Path, header: dict, world: int) -> dict[str, ItemResult]:
     """Results written under `header` to `path` or to any rank's file of a `world`-process run (read only)."""
     done: dict[str, ItemResult] = {}
     for file in [path] + [_shard_path(path, rank, world) for rank in range(world)]:
-        found, results, _ = _parse(file)
+        found, results, _ = parse_results(file)
         if found == header:
             done.update(results)
     return done
@@ -567,123 +551,6 @@ def stop_token_ids(
     return sorted(ids)
 
 
-def read_results(path: str | Path) -> list[ItemResult]:
-    """The item results of a results file, in file order (a half-written last line is ignored)."""
-    _, results, _ = _parse(Path(path))
-    return list(results.values())
-
-
-def summarise_results(results: Sequence[ItemResult]) -> dict[str, Any]:
-    """{n, accuracy, ci_low, ci_high} (95% Wilson; accuracy is pass@1 for code), plus pass@1 and pass@n
-    from all samples when the results carry sample counts, the MMLU letter statistics (`_mmlu_summary`) and
-    the math readings (`_math_summary`)."""
-    summary: dict[str, Any] = summarise([result.correct for result in results])
-    details = [result.detail for result in results]
-    if details and all("gold" in detail for detail in details):
-        summary |= _mmlu_summary(details)
-    if details and all("truncated" in detail for detail in details):
-        summary |= _math_summary(details)
-    sampled = [detail for detail in details if "samples" in detail]
-    if sampled and len(sampled) == len(results):
-        n = min(detail["samples"] for detail in sampled)
-        for k in sorted({1, n}):
-            summary[f"pass@{k}"] = sum(pass_at_k(d["samples"], d["passed"], k) for d in sampled) / len(
-                sampled
-            )
-    return summary
-
-
-def gold_logprob(detail: dict[str, Any], renormalised: bool = True) -> float:
-    """An MMLU item's log-prob of its gold letter, renormalised over A-D (log p(gold) - log sum p(A-D)) or
-    raw (the next-token log-prob). The renormalised one does not move when only the letter mass does."""
-    logprobs = np.array([detail["logprobs"][letter] for letter in LETTERS], dtype=np.float64)
-    gold = logprobs[LETTERS.index(detail["gold"])]
-    return float(gold - np.logaddexp.reduce(logprobs)) if renormalised else float(gold)
-
-
-def _mmlu_summary(details: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean letter mass (far below 1: the model wanted to answer otherwise), mean gold log-prob raw and
-    renormalised over A-D, mean renormalised gold probability, the predicted-letter histogram, and the best
-    constant-letter baseline on the same items (always answering the most frequent gold letter)."""
-    n = len(details)
-    renormalised = [gold_logprob(detail) for detail in details]
-    predicted = {letter: 0 for letter in LETTERS}
-    golds = {letter: 0 for letter in LETTERS}
-    for detail in details:
-        predicted[mmlu_choice([detail["logprobs"][letter] for letter in LETTERS])] += 1
-        golds[detail["gold"]] += 1
-    best = max(LETTERS, key=lambda letter: (golds[letter], -LETTERS.index(letter)))
-    return {
-        "letter_mass_mean": sum(detail["letter_mass"] for detail in details) / n,
-        "gold_logprob_mean": sum(gold_logprob(detail, renormalised=False) for detail in details) / n,
-        "gold_logprob_renorm_mean": sum(renormalised) / n,
-        "gold_prob_renorm_mean": float(np.exp(renormalised).mean()),
-        "predicted_letters": predicted,
-        "constant_baseline": {"letter": best, "accuracy": golds[best] / n},
-    }
-
-
-def _math_summary(details: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The strict reading's accuracy with its Wilson interval, and the share of completions cut by
-    max_new_tokens (counted wrong by both readings); `accuracy` is the flexible reading."""
-    n, strict = len(details), sum(detail["strict_correct"] for detail in details)
-    low, high = wilson_interval(strict, n)
-    return {
-        "strict_accuracy": strict / n,
-        "strict_ci_low": low,
-        "strict_ci_high": high,
-        "truncated_share": sum(detail["truncated"] for detail in details) / n,
-    }
-
-
-def compare_paired(
-    base: Sequence[ItemResult], other: Sequence[ItemResult], iters: int = 10_000, seed: int = 0
-) -> dict[str, Any]:
-    """`other` against `base` on the items both have (joined on item_id): exact McNemar (b01: items only
-    `other` got right, b10: only `base`), the paired-bootstrap accuracy difference other - base and the
-    smallest accuracy difference these items can detect (`minimum_detectable_difference`); for MMLU also the
-    paired-bootstrap difference of the renormalised gold log-prob and its detectable difference."""
-    base_by_id = {result.item_id: result for result in base}
-    pairs = [(base_by_id[result.item_id], result) for result in other if result.item_id in base_by_id]
-    if not pairs:
-        raise SemalignError(
-            "the two result sets share no item_id; compare results of the same task's evaluation split"
-        )
-    a, b = [x.correct for x, _ in pairs], [y.correct for _, y in pairs]
-    b01, b10, p = mcnemar(a, b)
-    diff, low, high = paired_bootstrap([float(y) for y in b], [float(x) for x in a], iters=iters, seed=seed)
-    compared = {
-        "n": len(pairs),
-        "b01": b01,
-        "b10": b10,
-        "mcnemar_p": p,
-        "diff": diff,
-        "diff_low": low,
-        "diff_high": high,
-        "mdd": _detectable([float(y) - float(x) for x, y in zip(a, b)]),
-    }
-    if all("gold" in x.detail and "gold" in y.detail for x, y in pairs):
-        base_lp = [gold_logprob(x.detail) for x, _ in pairs]
-        other_lp = [gold_logprob(y.detail) for _, y in pairs]
-        lp_diff, lp_low, lp_high = paired_bootstrap(other_lp, base_lp, iters=iters, seed=seed)
-        compared |= {
-            "gold_logprob_diff": lp_diff,
-            "gold_logprob_diff_low": lp_low,
-            "gold_logprob_diff_high": lp_high,
-            "gold_logprob_mdd": _detectable([y - x for x, y in zip(base_lp, other_lp)]),
-        }
-    return compared
-
-
-def _detectable(differences: list[float]) -> float | None:
-    """minimum_detectable_difference, or None when the differences have no spread to measure (one item, or
-    all equal, e.g. a variant that answers every item as the base does): zero would claim too much."""
-    # 1e-12: equal differences computed in float64 can differ in their last bits
-    if len(differences) < 2 or float(np.ptp(differences)) <= 1e-12:
-        return None
-    return minimum_detectable_difference(differences)
-
-
 def _batched(
     items: Sequence,
     lengths: Sequence[int],
@@ -721,66 +588,3 @@ def _task_of(items: Sequence) -> str:
 def _jsonable(value: Any) -> Any:
     # Tuples become lists, as they would after a round trip through the file.
     return json.loads(json.dumps(value))
-
-
-def _parse(path: Path) -> tuple[dict | None, dict[str, ItemResult], int]:
-    """(header, results by item_id, bytes of the well-formed prefix) of a results file."""
-    if not path.exists():
-        return None, {}, 0
-    data = path.read_bytes()
-    header, results, good = None, {}, 0
-    for line in data.splitlines(keepends=True):
-        row = _row(line)
-        if row is None or (good > 0 and set(row) != _FIELDS):
-            if good + len(line) < len(data):
-                raise SemalignError(
-                    f"{path} is damaged after byte {good}, before its last line; delete it to rerun"
-                )
-            break
-        if good == 0:
-            header = row.get("identity")
-        else:
-            results[row["item_id"]] = ItemResult(**row)
-        good += len(line)
-    return header, results, good
-
-
-def _row(line: bytes) -> dict | None:
-    """A complete line's JSON object; None for a half-written or malformed line."""
-    try:
-        row = json.loads(line) if line.endswith(b"\n") else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return row if isinstance(row, dict) else None
-
-
-def _resume(path: Path, header: dict) -> dict[str, ItemResult]:
-    """The results already in `path` if it was written under `header`; otherwise (or when it does not
-    exist) a fresh file holding only the header. A half-written last line is cut off."""
-    found, results, good = _parse(path)
-    if found != header:
-        _write_fresh(path, header)
-        return {}
-    if good < path.stat().st_size:
-        os.truncate(path, good)
-    return results
-
-
-def _lines(results: Sequence[ItemResult]) -> str:
-    """One JSON line per result, as results files hold them."""
-    return "".join(json.dumps(asdict(result), ensure_ascii=False) + "\n" for result in results)
-
-
-def _write_fresh(path: Path, header: dict, results: Sequence[ItemResult] = ()) -> None:
-    """Replace `path` atomically by a results file of `header` and `results`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"identity": header}) + "\n" + _lines(results), encoding="utf-8")
-    os.replace(partial, path)
-
-
-def _append(path: Path, results: Sequence[ItemResult]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(_lines(results))
-        f.flush()
-        os.fsync(f.fileno())

@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from semalign.evaluation.agreement import agreement_display, agreement_table, read_agreement
-from semalign.evaluation.prompts import PROTOCOLS
-from semalign.evaluation.runner import ItemResult, compare_paired, read_results
+from semalign.evaluation.agreement_summary import agreement_display, agreement_table, read_agreement
+from semalign.evaluation.results import ItemResult, compare_paired, read_results
+from semalign.tasks import PROTOCOLS
 
 BASE_ROWS = ("student", "teacher")
 # The baselines every transfer must beat, each method paired against them where they were run.

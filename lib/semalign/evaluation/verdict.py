@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from semalign.evaluation.agreement import compare_agreement
-from semalign.evaluation.runner import ItemResult, compare_paired
+from semalign.evaluation.agreement_summary import compare_agreement
+from semalign.evaluation.results import ItemResult, compare_paired
 
 HELD, NOT_HELD, CANNOT_TELL = "held", "not held", "cannot tell"
 

@@ -1,8 +1,8 @@
 """The `train@<task>-<variant>` run: LoRA-train the student from the cache (targets + teacher top-k) with one
 variant (`semalign.student.variants`: objective, latent map of its targets, seed) on its pairing, and measure
-the trained layers' alignment before and after on the held-out alignment examples. Not re-exported by
-`semalign.student`: it reads the pipeline's stores and writes its outputs, which the package's pure modules
-(and the stages importing only them) do not need.
+the trained layers' alignment before and after on the held-out alignment examples. A stage body, not in
+`semalign.student.__all__`: it reads the pipeline's stores and writes its outputs, which the package's pure
+modules (and the stages importing only them) do not need.
 """
 
 import json

@@ -43,7 +43,7 @@ from semalign.config import at_least, between, positive
 from semalign.data import Encoded
 from semalign.distributed import Ranks, Shard
 from semalign.errors import SemalignError
-from semalign.models import decoder_layers, empty_hf_model, load_hf_dir
+from semalign.models import check_precision, compute_precision, decoder_layers, empty_hf_model, load_hf_dir
 from semalign.progress import progress
 from semalign.store import StoreRows
 from semalign.student.objectives import (
@@ -63,8 +63,6 @@ from semalign.teacher.activations import ResidualRecorder
 from semalign.teacher.bases import VocabAlignment
 
 PARALLEL = ("ddp", "fsdp")
-# Precision of the forward and backward passes; the adapters, optimizer state and losses stay float32.
-COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TERMS = ("loss", "layer_term", "output_term")
 Rows = torch.Tensor | StoreRows  # a split's array `[N, ...]`, indexable by a tensor of row numbers
 
@@ -73,7 +71,9 @@ Rows = torch.Tensor | StoreRows  # a split's array `[N, ...]`, indexable by a te
 class TrainConfig:
     """`train` section. objective: a variant name (`parse_variant`); batch_size is the effective batch
     (gradient accumulation over micro batches); kd_weight: kd's share of KL against cross-entropy;
-    parallel: how processes under torchrun share the student: "ddp" (a whole copy each) | "fsdp" (sharded)."""
+    parallel: how processes under torchrun share the student: "ddp" (a whole copy each) | "fsdp" (sharded);
+    dtype: the precision of the forward and backward passes (`models.compute_precision`); the adapters,
+    optimizer state and losses stay float32."""
 
     objective: str = "v1"
     lora_r: int = positive(16)
@@ -107,8 +107,7 @@ class TrainConfig:
             )
         if self.kl_positions not in ("all", "answer"):
             raise SemalignError(f"train.kl_positions {self.kl_positions!r} must be 'all' or 'answer'")
-        if self.dtype not in COMPUTE_DTYPES:
-            raise SemalignError(f"train.dtype {self.dtype!r} is unknown; use one of {sorted(COMPUTE_DTYPES)}")
+        check_precision("train.dtype", self.dtype)
         if self.parallel not in PARALLEL:
             raise SemalignError(
                 f"train.parallel {self.parallel!r} is unknown; use 'ddp' (a whole student on each "
@@ -342,7 +341,7 @@ def batch_losses(
     keep = supervised_positions(batch.labels) if config.variant.objective in ("v1", "sft") else None
     with (
         ResidualRecorder(model.get_base_model(), needed, detach=False) as recorder,
-        torch.autocast(device.type, COMPUTE_DTYPES[config.dtype], enabled=config.dtype != "float32"),
+        compute_precision(device, config.dtype),
     ):
         logits = (forward or model)(
             input_ids=batch.input_ids,

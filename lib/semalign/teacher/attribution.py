@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from captum.attr import LayerGradientXActivation
 from matplotlib.figure import Figure
 from transformers import PreTrainedModel
 
@@ -118,6 +117,9 @@ def layer_scores(
     left padding); labels are −100 except on answer tokens. See the module docstring for the objective,
     `target` and the aggregation.
     """
+    # Imported here: the seeking and laten stages use only this module's plots, and captum costs a second.
+    from captum.attr import LayerGradientXActivation
+
     _check_inputs(input_ids, attention_mask, labels, batch_size, target)
     num_layers = len(decoder_layers(model))
     # multiply_by_inputs=False makes Captum return the gradients g_ℓ themselves; the product with the

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 from semalign.config import at_least, positive
 from semalign.distributed import Shard
 from semalign.errors import SemalignError
-from semalign.models import MODEL_DTYPES, model_info
+from semalign.models import check_precision, model_info
 from semalign.progress import progress
 from semalign.store import ArraySpec, BackgroundWriter, Store, StoreWriter
 from semalign.teacher.activations import teacher_forward
@@ -56,10 +56,7 @@ class CacheConfig:
     forward_dtype: str = "float32"
 
     def __post_init__(self):
-        if self.forward_dtype not in MODEL_DTYPES:
-            raise SemalignError(
-                f"cache.forward_dtype is {self.forward_dtype!r}; use one of {list(MODEL_DTYPES)}"
-            )
+        check_precision("cache.forward_dtype", self.forward_dtype)
         if self.dtype not in STATE_DTYPES:
             raise SemalignError(f"cache.dtype {self.dtype!r} is not supported; use one of {STATE_DTYPES}")
         if self.top_k < 1 or self.batch_size < 1:

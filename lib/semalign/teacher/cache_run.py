@@ -4,8 +4,8 @@ split its top-k next-token distribution only (what the `agree` stages compare ev
 
 Killed at any point, a rerun resumes: finished chunks are journaled with their checksums and kept if they
 still verify, the rest recomputed. Under torchrun each rank computes its share of the chunks into the same
-stores and rank 0 writes the manifests and metrics; the stores are identical to a single process's. Not
-re-exported by `semalign.teacher`: it loads the teacher and writes the pipeline's stores.
+stores and rank 0 writes the manifests and metrics; the stores are identical to a single process's. A stage
+body, not in `semalign.teacher.__all__`: it loads the teacher and writes the pipeline's stores.
 """
 
 import hashlib
