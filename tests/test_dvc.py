@@ -6,6 +6,8 @@ import dataclasses
 import functools
 import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,18 @@ def test_the_params_walk_sees_configs_drops_overrides_and_direct_reads(tmp_path)
     keys = read_keys(script)
     assert {"train.lr", "train.weight_decay", "train.max_grad_norm", "models.*"} <= keys
     assert "train.objective" not in keys and "train.objectives" not in keys
+
+
+def test_the_lock_records_only_stages_dvc_yaml_defines():
+    """`dvc repro` never drops a stage that dvc.yaml stopped defining from dvc.lock; a stale entry (a
+    renamed matrix, an objective no longer run) would pass for a result of the current pipeline."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "dvc", "stage", "list", "--all", "--name-only"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    locked = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    stale = sorted(set(locked) - set(listed))
+    assert not stale, f"dvc.lock records {stale}, which dvc.yaml no longer defines; delete those entries"
